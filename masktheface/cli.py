@@ -1,0 +1,258 @@
+"""The ``masktheface`` command: mask one image or a whole folder tree.
+
+Flags follow the original MaskTheFace (``--path --mask_type --pattern --pattern_weight
+--color --color_weight --code --verbose --write_original_image``) plus ``--output --seed
+--workers --format --quality --aligned --manifest --placement --pack --detector --upsample``.
+Every input file gets one manifest row (path, status, faces, outputs, error); nothing is
+dropped silently.  Exit status: 0 when at least one image was masked, 1 when nothing could
+be processed, 2 for usage errors (missing path, output inside the input tree).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import multiprocessing as mp
+import os
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from .imageio import IMAGE_EXTENSIONS, is_image_name
+from .spec import RANDOM_TYPES, REGION_TYPES, PLACEMENTS, MaskSpec, SpecError, parse_code, normalise_type
+
+log = logging.getLogger("masktheface")
+
+FORMATS = ("same", "jpg", "png", "webp", "bmp", "tif")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="masktheface", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--path", required=True, help="an image file or a folder (searched recursively)")
+    p.add_argument("--output", help="output folder (default: <path>_masked beside the input)")
+    p.add_argument("--mask_type", default="surgical",
+                   help=f"one of {', '.join(RANDOM_TYPES + REGION_TYPES)}, a pack template name, "
+                        "'random' (drawn per face) or 'all' (one output per type)")
+    p.add_argument("--pattern", default=None, help="texture: a built-in pattern name or an image file")
+    p.add_argument("--pattern_weight", type=float, default=0.5, help="texture intensity in [0,1]")
+    p.add_argument("--color", default=None, help="hex colour, e.g. #0473e2")
+    p.add_argument("--color_weight", type=float, default=0.5, help="colour intensity in [0,1]")
+    p.add_argument("--code", default=None,
+                   help="comma-separated 'type[-#hex|-texture]' entries, one drawn at random per face "
+                        "(overrides --mask_type/--pattern/--color)")
+    p.add_argument("--placement", default="correct", choices=PLACEMENTS, help="how the mask is worn")
+    p.add_argument("--pack", default=None, help="a MaskTheFace-format template pack (masks.cfg + PNGs)")
+    p.add_argument("--seed", type=int, default=0, help="run seed; each image's draws derive from it and its path")
+    p.add_argument("--workers", type=int, default=1, help="local worker processes")
+    p.add_argument("--format", default="same", choices=FORMATS, help="output image format")
+    p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality")
+    p.add_argument("--aligned", type=int, choices=(160, 112), default=None,
+                   help="also write aligned crops (from the unmasked landmarks)")
+    p.add_argument("--manifest", default=None, help="write one row per input (.csv or .jsonl)")
+    p.add_argument("--write_original_image", action="store_true", help="also write the unmasked image")
+    p.add_argument("--detector", default="hog", choices=("hog", "cnn"))
+    p.add_argument("--upsample", default="auto", choices=("auto", "0", "1", "2"))
+    p.add_argument("--verbose", action="store_true", help="log every image")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    return p
+
+
+@dataclass(frozen=True)
+class Job:
+    """What every worker needs to process files (picklable)."""
+
+    variants: tuple
+    seed: int
+    fmt: str
+    quality: int
+    aligned: int | None
+    pack: str | None
+    detector: str
+    upsample: str
+    write_original: bool
+
+
+def _variants(args: argparse.Namespace, known_pack_types: Sequence[str]) -> tuple:
+    from .pipeline import Variant
+
+    kw = dict(color_weight=args.color_weight, texture_weight=args.pattern_weight, placement=args.placement)
+    if args.code:
+        specs = parse_code(args.code, **kw)
+        return (Variant("masked", specs),)
+    mtype = normalise_type(args.mask_type)
+    types = RANDOM_TYPES if mtype in ("random", "all") else (mtype,)
+    for t in types:
+        if t not in RANDOM_TYPES + REGION_TYPES and t not in known_pack_types:
+            raise SpecError(f"unknown mask type {t!r}; known: {', '.join(RANDOM_TYPES + REGION_TYPES + tuple(known_pack_types))}")
+    specs = tuple(MaskSpec(t, args.color, args.color_weight, args.pattern, args.pattern_weight, args.placement)
+                  for t in types)
+    if mtype == "all":
+        return tuple(Variant(s.label, (s,)) for s in specs)
+    return (Variant(specs[0].label if len(specs) == 1 else "random", specs),)
+
+
+def iter_inputs(root: Path, exclude: Path | None) -> Iterator[Path]:
+    """Image files under ``root`` (or root itself), sorted, skipping the output tree."""
+    if root.is_file():
+        yield root
+        return
+    for dirpath, dirnames, filenames in os.walk(root):
+        d = Path(dirpath)
+        if exclude is not None:
+            dirnames[:] = [n for n in dirnames if (d / n).resolve() != exclude]
+        dirnames.sort()
+        for name in sorted(filenames):
+            if is_image_name(name):
+                yield d / name
+
+
+# -- workers ---------------------------------------------------------------------------------
+_MASKER = None
+_JOB: Job | None = None
+
+
+def _init_worker(job: Job) -> None:
+    global _MASKER, _JOB
+    from .pipeline import Masker, MaskerConfig
+
+    _JOB = job
+    _MASKER = Masker(MaskerConfig(detector=job.detector, upsample=job.upsample, pack=job.pack))
+
+
+def _process_one(item: tuple[str, str, str]) -> dict:
+    """(input path, key, output stem path) -> manifest row; writes the outputs."""
+    from .pipeline import Variant
+
+    src, key, stem = item
+    job = _JOB
+    assert job is not None and _MASKER is not None
+    ext = Path(src).suffix.lower().lstrip(".")
+    fmt = ext if job.fmt == "same" else job.fmt
+    if fmt not in ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff"):
+        fmt = "jpg"
+    row = {"path": src, "status": "error", "error": None, "faces": 0, "masked": 0, "outputs": [], "seconds": 0.0}
+    try:
+        data = Path(src).read_bytes()
+    except OSError as e:
+        row["error"] = f"cannot read file: {e}"
+        return row
+    variants = job.variants + ((Variant("original"),) if job.write_original else ())
+    res = _MASKER.process(data, key, variants, seed=job.seed, aligned=job.aligned, fmt=fmt, quality=job.quality)
+    row.update(status=res.status, error=res.error, faces=res.n_faces, seconds=round(res.seconds, 4))
+    outs = []
+    for o in res.outputs:
+        if o.image is None:
+            continue
+        target = Path(f"{stem}_{o.variant}.{fmt}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(o.image)
+        outs.append(str(target))
+        if o.aligned is not None:
+            t2 = Path(f"{stem}_{o.variant}_aligned{job.aligned}.{fmt}")
+            t2.write_bytes(o.aligned)
+            outs.append(str(t2))
+        if o.variant != "original":
+            row["masked"] += sum(f.status == "ok" and f.spec is not None for f in o.faces)
+    row["outputs"] = outs
+    return row
+
+
+def _write_manifest(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".jsonl":
+        with open(path, "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        return
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=["path", "status", "faces", "masked", "outputs", "seconds", "error"])
+        w.writeheader()
+        for r in rows:
+            w.writerow({**r, "outputs": ";".join(r["outputs"])})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    root = Path(args.path).expanduser()
+    if not root.exists():
+        print(f"masktheface: error: path does not exist: {root}", file=sys.stderr)
+        return 2
+    root = root.resolve()
+    base = root if root.is_dir() else root.parent
+    out_root = (Path(args.output).expanduser().resolve() if args.output
+                else base.parent / f"{base.name}_masked")
+    if root.is_dir() and (out_root == root or root in out_root.parents):
+        print(f"masktheface: error: output {out_root} lies inside the input tree {root}; "
+              "choose an --output outside it", file=sys.stderr)
+        return 2
+    try:
+        pack_types: Sequence[str] = ()
+        if args.pack:
+            from .masks import load_pack
+            pack_types = tuple(load_pack(args.pack).templates)
+        variants = _variants(args, pack_types)
+        if args.pattern:
+            from .textures import resolve_texture
+            resolve_texture(args.pattern)
+    except (SpecError, ValueError, OSError) as e:
+        print(f"masktheface: error: {e}", file=sys.stderr)
+        return 2
+    files = list(iter_inputs(root, out_root))
+    if not files:
+        print(f"masktheface: error: no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}", file=sys.stderr)
+        return 1
+    items = []
+    for f in files:
+        rel = f.relative_to(base)
+        items.append((str(f), rel.as_posix(), str(out_root / rel.parent / rel.stem)))
+    job = Job(variants, args.seed, args.format, args.quality, args.aligned, args.pack, args.detector,
+              args.upsample, args.write_original_image)
+    t0 = time.perf_counter()
+    rows: list[dict] = []
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(items), unit="img", disable=not args.progress, file=sys.stderr)
+    workers = max(1, int(args.workers))
+    if workers == 1:
+        _init_worker(job)
+        it: Iterator[dict] = map(_process_one, items)
+        pool = None
+    else:
+        pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(job,))
+        it = pool.imap(_process_one, items, chunksize=4)
+    try:
+        for row in it:
+            rows.append(row)
+            bar.update(1)
+            if args.verbose:
+                log.info("%s: %s faces=%d masked=%d %s", row["path"], row["status"], row["faces"],
+                         row["masked"], row["error"] or "")
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.close()
+            pool.join()
+    wall = time.perf_counter() - t0
+    counts = Counter(r["status"] for r in rows)
+    if args.manifest:
+        _write_manifest(Path(args.manifest), rows)
+    summary = {
+        "images": len(rows), "faces": sum(r["faces"] for r in rows), "masked_faces": sum(r["masked"] for r in rows),
+        "no_face_images": counts.get("no_face", 0),
+        "errors": sum(v for k, v in counts.items() if k not in ("ok", "no_face")),
+        "statuses": dict(counts), "seconds": round(wall, 2),
+        "images_per_s": round(len(rows) / wall, 1) if wall > 0 else None, "output": str(out_root),
+    }
+    print(json.dumps(summary), file=sys.stderr if args.manifest == "-" else sys.stdout)
+    return 0 if counts.get("ok", 0) > 0 else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Pure face geometry: the paper's six key points, tilt, and sanity checks (no I/O, no dlib).
+
+The six key points (MaskTheFace's a..f), from the 68 dlib landmarks:
+
+* ``b`` nose bridge: midpoint of landmarks 28 and 29, where a mask's top edge sits;
+* ``a`` / ``c``: where the line through ``b`` perpendicular to the nose line meets the jaw
+  contour on the image-left / image-right side;
+* ``e`` chin: where the nose line, extended, meets the jaw contour;
+* ``d`` / ``f``: where the line through the mouth centre, perpendicular to the nose line,
+  meets the jaw contour on either side.
+
+Where a line misses the contour (odd or partial faces) the nearest landmark stands in
+(1, 15, 8, 4, 12) and the result is flagged ``approximate``; nothing here raises on a face.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: |tilt| above this picks a left/right template view (the original's threshold)
+VIEW_TILT_DEG = 13.0
+
+JAW = np.arange(0, 17)
+_FALLBACK = {"a": 1, "c": 15, "e": 8, "d": 4, "f": 12}
+
+
+@dataclass(frozen=True)
+class FaceGeometry:
+    """``six`` float32 (6,2) points a..f; ``tilt_deg`` signed angle of the nose line against the
+    face midline (positive: nose tip points to the image's right, i.e. the face turns right);
+    ``roll_deg`` angle of the eye line; ``view`` "front"/"left"/"right"; ``status`` "ok" or
+    "geometry_failed" with ``error`` saying why."""
+
+    six: np.ndarray
+    tilt_deg: float
+    roll_deg: float
+    view: str
+    approximate: bool
+    status: str = "ok"
+    error: str | None = None
+
+
+def _intersect_polyline(p: np.ndarray, d: np.ndarray, poly: np.ndarray) -> list[tuple[float, np.ndarray]]:
+    """Intersections of the infinite line p + t*d with the segments of ``poly`` -> [(t, point)]."""
+    q0 = poly[:-1]
+    q1 = poly[1:]
+    e = q1 - q0
+    denom = d[0] * e[:, 1] - d[1] * e[:, 0]
+    ok = np.abs(denom) > 1e-9
+    w = q0 - p
+    t = np.where(ok, (w[:, 0] * e[:, 1] - w[:, 1] * e[:, 0]) / np.where(ok, denom, 1), np.nan)
+    u = np.where(ok, (w[:, 0] * d[1] - w[:, 1] * d[0]) / np.where(ok, denom, 1), np.nan)
+    hit = ok & (u >= -1e-6) & (u <= 1 + 1e-6)
+    return [(float(t[i]), p + t[i] * d) for i in np.nonzero(hit)[0]]
+
+
+def _roll(lm: np.ndarray) -> float:
+    left = lm[36:42].mean(0)
+    right = lm[42:48].mean(0)
+    v = right - left
+    return float(np.degrees(np.arctan2(v[1], v[0])))
+
+
+def face_tilt(lm: np.ndarray) -> float:
+    """float (68,2) -> signed degrees between the nose line (27->30) and the face midline
+    (perpendicular to the eye line).  Roll alone gives 0; turning the head gives |tilt|>0."""
+    lm = np.asarray(lm, np.float64)
+    nose = lm[30] - lm[27]
+    roll = np.radians(_roll(lm))
+    mid = np.array([-np.sin(roll), np.cos(roll)])  # "down" in the face's own frame
+    cross = mid[0] * nose[1] - mid[1] * nose[0]
+    dot = float(mid @ nose)
+    return float(-np.degrees(np.arctan2(cross, dot)))
+
+
+def six_points(lm: np.ndarray) -> tuple[np.ndarray, bool]:
+    """float (68,2) -> (float32 (6,2) points a..f, approximate flag)."""
+    lm = np.asarray(lm, np.float64)
+    jaw = lm[JAW]
+    b = (lm[28] + lm[29]) / 2.0
+    nose_dir = lm[30] - lm[27]
+    n = np.linalg.norm(nose_dir)
+    nose_dir = nose_dir / n if n > 1e-6 else np.array([0.0, 1.0])
+    perp = np.array([-nose_dir[1], nose_dir[0]])  # points to the image-left for an upright face
+    approx = False
+    pts: dict[str, np.ndarray] = {"b": b}
+
+    def side_hits(origin: np.ndarray, names: tuple[str, str]) -> None:
+        nonlocal approx
+        hits = _intersect_polyline(origin, perp, jaw)
+        left = [h for h in hits if h[0] > 0]
+        right = [h for h in hits if h[0] < 0]
+        for name, cand, pick in ((names[0], left, min), (names[1], right, max)):
+            if cand:
+                pts[name] = pick(cand, key=lambda h: abs(h[0]))[1]
+            else:
+                pts[name] = lm[_FALLBACK[name]]
+                approx = True
+
+    side_hits(b, ("a", "c"))
+    mouth = lm[48:68].mean(0)
+    side_hits(mouth, ("d", "f"))
+    hits = [h for h in _intersect_polyline(b, nose_dir, lm[4:13]) if h[0] > 0]
+    if hits:
+        pts["e"] = min(hits, key=lambda h: h[0])[1]
+    else:
+        pts["e"] = lm[8]
+        approx = True
+    six = np.stack([pts[k] for k in "abcdef"]).astype(np.float32)
+    return six, approx
+
+
+def analyse(lm: np.ndarray, image_shape: tuple[int, ...] | None = None,
+            min_face_px: float = 12.0) -> FaceGeometry:
+    """Six points, tilt and a plausibility check of a landmark set; never raises."""
+    lm = np.asarray(lm, np.float64)
+    nan6 = np.full((6, 2), np.nan, np.float32)
+    if lm.shape != (68, 2) or not np.all(np.isfinite(lm)):
+        return FaceGeometry(nan6, float("nan"), float("nan"), "front", True,
+                            "geometry_failed", "landmarks are not 68 finite points")
+    width = float(np.linalg.norm(lm[16] - lm[0]))
+    height = float(np.linalg.norm(lm[8] - (lm[0] + lm[16]) / 2))
+    tilt = face_tilt(lm)
+    roll = _roll(lm)
+    view = "front" if abs(tilt) <= VIEW_TILT_DEG else ("right" if tilt > 0 else "left")
+    six, approx = six_points(lm)
+
+    def failed(msg: str) -> FaceGeometry:
+        return FaceGeometry(six, tilt, roll, view, approx, "geometry_failed", msg)
+
+    if width < min_face_px or height < min_face_px:
+        return failed(f"face too small for a mask ({width:.0f}x{height:.0f} px)")
+    if not 0.35 < height / max(width, 1e-6) < 2.5:
+        return failed(f"implausible face proportions (height/width {height / width:.2f})")
+    if image_shape is not None:
+        h, w = image_shape[:2]
+        inside = np.mean((lm[:, 0] >= -2) & (lm[:, 0] <= w + 1) & (lm[:, 1] >= -2) & (lm[:, 1] <= h + 1))
+        if inside < 0.5:
+            return failed(f"only {inside:.0%} of the landmarks lie inside the image")
+    return FaceGeometry(six, tilt, roll, view, approx)
+
+
+def polygon_area(pts: np.ndarray) -> float:
+    """Signed shoelace area of (N,2) points (positive for counter-clockwise in y-up)."""
+    x, y = pts[:, 0], pts[:, 1]
+    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))

@@ -1,0 +1,301 @@
+"""The masking pipeline: faces -> geometry -> art -> warp -> shade -> composite.
+
+:class:`Masker` holds the heavy state (dlib models, a template pack, caches of drawn art)
+and is built once per process; every call takes arrays and returns frozen dataclasses.
+:func:`Masker.process` is the whole per-image job used by the CLI and the Ray job: decode
+bytes once, find faces once, render every requested variant, encode, and never raise for a
+bad item — every failure becomes a status with an error message.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from . import align, geometry, render
+from .imageio import DecodedImage, ImageDecodeError, decode_image, encode_image, output_for
+from .landmarks import Face, FaceAnalyzer
+from .spec import MaskSpec, RANDOM_TYPES, REGION_TYPES, choose, item_rng, parse_hex
+
+log = logging.getLogger(__name__)
+
+#: image-level statuses
+STATUSES = ("ok", "no_face", "mask_failed", "decode_error", "too_large", "error")
+#: face-level statuses
+FACE_STATUSES = ("ok", "geometry_failed", "warp_failed")
+
+
+@dataclass(frozen=True)
+class MaskerConfig:
+    detector: str = "hog"            # "hog" | "cnn"
+    upsample: str = "auto"           # "auto" | "0" | "1" | "2"
+    max_detect_side: int = 800       # detect larger photos on a downscaled copy
+    max_pixels: int = 80_000_000     # refuse bigger images (decompression bombs)
+    pack: str | None = None          # a MaskTheFace-format template pack folder
+    shading: float = 0.6             # strength of the face-matched local shading (0 = off)
+
+
+@dataclass(frozen=True)
+class FaceResult:
+    """One face: ``box`` (x0,y0,x1,y1), ``landmarks`` float32 (68,2) of the unmasked face,
+    ``six`` float32 (6,2) key points a..f, ``tilt_deg``, ``view``; ``spec`` drawn (None when
+    no mask was asked for); ``status`` in FACE_STATUSES; ``coverage`` mask area in px."""
+
+    box: tuple[float, float, float, float]
+    landmarks: np.ndarray
+    six: np.ndarray
+    tilt_deg: float
+    view: str
+    spec: MaskSpec | None
+    status: str
+    error: str | None = None
+    coverage: float = 0.0
+
+
+@dataclass(frozen=True)
+class MaskResult:
+    """``image`` uint8 (H,W,3) BGR, or (H,W) for grayscale sources; ``alpha`` float32 (H,W)
+    union of the masks drawn, in [0,1]; ``status`` in STATUSES."""
+
+    image: np.ndarray
+    alpha: np.ndarray
+    faces: tuple[FaceResult, ...]
+    status: str
+    error: str | None = None
+
+    @property
+    def n_masked(self) -> int:
+        return sum(f.status == "ok" and f.spec is not None for f in self.faces)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A requested output: ``name`` (e.g. "original", "N95", "masked") and the specs drawn
+    from per face (empty = the unmasked original)."""
+
+    name: str
+    specs: tuple[MaskSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class VariantOutput:
+    """One output of :meth:`Masker.process`: encoded ``image`` (None when there is nothing
+    honest to write), encoded ``aligned`` crop of the primary face, and the metadata."""
+
+    variant: str
+    status: str
+    error: str | None
+    image: bytes | None
+    aligned: bytes | None
+    width: int
+    height: int
+    faces: tuple[FaceResult, ...]
+    alpha: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def specs(self) -> tuple[MaskSpec | None, ...]:
+        return tuple(f.spec for f in self.faces)
+
+
+@dataclass(frozen=True)
+class Processed:
+    """Everything :meth:`Masker.process` made of one input."""
+
+    key: str
+    status: str
+    error: str | None
+    outputs: tuple[VariantOutput, ...]
+    n_faces: int
+    seconds: float
+
+
+def _quantise_scale(s: float) -> float:
+    # art is cached per scale: quarter-octave steps keep resampling within ~9% of 1:1
+    return float(2.0 ** (round(np.log2(max(s, 1e-3)) * 4) / 4))
+
+
+class Masker:
+    """Puts masks on faces.  Build once per process (loads dlib's models, ~1.5 s)."""
+
+    def __init__(self, config: MaskerConfig = MaskerConfig(), analyzer: FaceAnalyzer | None = None) -> None:
+        self.config = config
+        self.analyzer = analyzer or FaceAnalyzer(config.detector, config.upsample, config.max_detect_side)
+        self.pack = None
+        if config.pack:
+            from .masks import load_pack
+            self.pack = load_pack(config.pack)
+        self._styled = lru_cache(maxsize=256)(self._styled_uncached)
+
+    # -- faces ---------------------------------------------------------------------------
+    def find_faces(self, bgr: np.ndarray, boxes: Sequence[Sequence[float]] | None = None,
+                   landmarks: Sequence[np.ndarray] | None = None) -> list[Face]:
+        """uint8 (H,W,3) BGR -> faces (supplied boxes/landmarks skip detection)."""
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        return self.analyzer.faces(rgb, boxes, landmarks)
+
+    # -- art -----------------------------------------------------------------------------
+    def available_types(self) -> tuple[str, ...]:
+        names = list(RANDOM_TYPES) + list(REGION_TYPES)
+        if self.pack is not None:
+            names += [n for n in self.pack.templates if not n.endswith(("_left", "_right"))]
+        return tuple(dict.fromkeys(names))
+
+    def _texture(self, texture: str | None) -> np.ndarray | None:
+        if texture is None:
+            return None
+        from .textures import resolve_texture
+        return resolve_texture(texture, self.pack)
+
+    def _styled_uncached(self, spec: MaskSpec, view: str, scale: float):
+        """-> (kind, bgra uint8, origin/anchors, scale).  kind "mesh" or "homography"."""
+        from .masks import draw_builtin, is_builtin
+
+        color = parse_hex(spec.color) if spec.color else None
+        tex = self._texture(spec.texture)
+        if spec.mask_type in REGION_TYPES or is_builtin(spec.mask_type):
+            art = draw_builtin(spec.mask_type, spec.placement, scale)
+            bgra = render.style_art(art.bgra, art.fabric, color, spec.color_weight, tex, spec.texture_weight)
+            return "mesh", bgra, art.origin, art.scale
+        if self.pack is not None:
+            views = self.pack.views(spec.mask_type)
+            if views:
+                tpl = views.get(view) or views.get("front") or next(iter(views.values()))
+                bgra = render.style_art(tpl.bgra, None, color, spec.color_weight, tex, spec.texture_weight)
+                return "homography", bgra, tpl.anchors, 1.0
+        raise ValueError(f"unknown mask type {spec.mask_type!r}; known: {', '.join(self.available_types())}")
+
+    # -- masking -------------------------------------------------------------------------
+    def mask_face(self, image: np.ndarray, alpha: np.ndarray, face: Face, spec: MaskSpec) -> FaceResult:
+        """Draw one mask on ``image`` (uint8 (H,W,3) BGR, modified in place), union its alpha
+        into ``alpha`` (float32 (H,W)); failures become the FaceResult's status."""
+        geo = geometry.analyse(face.landmarks, image.shape)
+        box = tuple(float(v) for v in face.box)
+
+        def result(status: str, error: str | None = None, coverage: float = 0.0) -> FaceResult:
+            return FaceResult(box, face.landmarks, geo.six, geo.tilt_deg, geo.view, spec, status, error, coverage)
+
+        if geo.status != "ok":
+            return result("geometry_failed", geo.error)
+        face_w = float(np.linalg.norm(face.landmarks[16] - face.landmarks[0]))
+        try:
+            kind, bgra, ref, scale = self._styled(spec, geo.view, _quantise_scale(face_w / 800.0))
+            if kind == "mesh":
+                warped = render.warp_mesh(bgra, ref, scale, face.landmarks, image.shape)
+            else:
+                warped = render.warp_homography(bgra, ref, geo.six, image.shape)
+            area = render.check_warp(warped, face.box, image.shape)
+        except render.WarpError as e:
+            return result("warp_failed", str(e))
+        if spec.mask_type in REGION_TYPES:
+            render.fill_region(image, warped, spec.mask_type)
+        else:
+            render.shade(warped, image, face.box, self.config.shading)
+            render.composite(image, warped)
+        render.paste_alpha(alpha, warped)
+        return result("ok", None, area)
+
+    def mask(self, bgr: np.ndarray, specs: Sequence[MaskSpec] | MaskSpec,
+             rng: np.random.Generator | None = None, faces: Sequence[Face] | None = None,
+             per_face: bool = False) -> MaskResult:
+        """Mask every face of a uint8 (H,W,3) BGR image (the input is not modified).
+
+        ``specs``: one spec, or several to draw from uniformly per face with ``rng``; with
+        ``per_face=True`` the i-th spec goes to the i-th face (left to right).
+        """
+        if isinstance(specs, MaskSpec):
+            specs = (specs,)
+        specs = tuple(specs)
+        if not specs:
+            raise ValueError("no mask spec given")
+        rng = rng or np.random.default_rng(0)
+        if faces is None:
+            faces = self.find_faces(bgr)
+        out = bgr.copy()
+        alpha = np.zeros(bgr.shape[:2], np.float32)
+        results = []
+        for i, face in enumerate(faces):
+            spec = specs[min(i, len(specs) - 1)] if per_face else choose(specs, rng)
+            try:
+                results.append(self.mask_face(out, alpha, face, spec))
+            except Exception as e:  # a bug on one face must not lose the image
+                log.exception("masking face %d failed", i)
+                results.append(FaceResult(tuple(float(v) for v in face.box), face.landmarks,
+                                          np.full((6, 2), np.nan, np.float32), float("nan"), "front",
+                                          spec, "warp_failed", f"{type(e).__name__}: {e}"))
+        if not faces:
+            status, error = "no_face", "no face found"
+        elif any(r.status == "ok" for r in results):
+            status, error = "ok", None
+        else:
+            status, error = "mask_failed", "; ".join(sorted({r.error or r.status for r in results}))
+        return MaskResult(out, alpha, tuple(results), status, error)
+
+    # -- the whole per-image job -----------------------------------------------------------
+    def process(self, data: bytes, key: str, variants: Sequence[Variant], *, seed: int = 0,
+                aligned: int | None = None, fmt: str = "jpg", quality: int = 95,
+                boxes: Sequence[Sequence[float]] | None = None,
+                landmarks: Sequence[np.ndarray] | None = None,
+                keep_alpha: bool = False) -> Processed:
+        """Encoded bytes -> one VariantOutput per requested variant; never raises.
+
+        Randomness per variant comes from ``item_rng(seed, key, variant_index)``.  The aligned
+        crop (``aligned`` 160 or 112) uses the unmasked landmarks of the largest face, with the
+        same transform for every variant.
+        """
+        t0 = time.perf_counter()
+
+        def failed(status: str, error: str) -> Processed:
+            outs = tuple(VariantOutput(v.name, status, error, None, None, 0, 0, ()) for v in variants)
+            return Processed(key, status, error, outs, 0, time.perf_counter() - t0)
+
+        try:
+            try:
+                dec = decode_image(data, self.config.max_pixels)
+            except ImageDecodeError as e:
+                return failed("too_large" if e.code == "too_large" else "decode_error", str(e))
+            bgr = dec.bgr
+            h, w = bgr.shape[:2]
+            faces = self.find_faces(bgr, boxes, landmarks)
+            M = None
+            if aligned and faces:
+                primary = max(faces, key=lambda f: float((f.box[2] - f.box[0]) * (f.box[3] - f.box[1])))
+                M = align.align_transform(primary.landmarks, int(aligned))
+            outs = []
+            for vi, variant in enumerate(variants):
+                outs.append(self._variant(dec, faces, variant, item_rng(seed, key, vi), M, aligned,
+                                          fmt, quality, keep_alpha))
+            status = "ok" if any(o.status == "ok" for o in outs) else outs[0].status if outs else "ok"
+            errors = sorted({o.error for o in outs if o.error})
+            return Processed(key, status, "; ".join(errors) or None, tuple(outs), len(faces),
+                             time.perf_counter() - t0)
+        except Exception as e:  # last line of defence: a bug becomes a row, not a dead job
+            log.exception("processing %s failed", key)
+            return failed("error", f"{type(e).__name__}: {e}")
+
+    def _variant(self, dec: DecodedImage, faces: Sequence[Face], variant: Variant,
+                 rng: np.random.Generator, M: np.ndarray | None, aligned: int | None,
+                 fmt: str, quality: int, keep_alpha: bool) -> VariantOutput:
+        h, w = dec.bgr.shape[:2]
+        if not variant.specs:
+            img, alpha = dec.bgr, None
+            geo = [geometry.analyse(f.landmarks, dec.bgr.shape) for f in faces]
+            face_results = tuple(FaceResult(tuple(float(v) for v in f.box), f.landmarks, g.six, g.tilt_deg,
+                                            g.view, None, "ok") for f, g in zip(faces, geo))
+            status, error = ("ok", None) if faces else ("no_face", "no face found")
+        else:
+            res = self.mask(dec.bgr, variant.specs, rng, faces)
+            img, alpha, face_results, status, error = res.image, res.alpha, res.faces, res.status, res.error
+        if status in ("no_face", "mask_failed") and variant.specs:
+            # nothing honest to write: an unmasked image labelled "masked" would poison a data set
+            return VariantOutput(variant.name, status, error, None, None, w, h, face_results)
+        out = output_for(dec, img)
+        crop = None
+        if M is not None:
+            crop = encode_image(align.warp_crop(out, M, int(aligned)), fmt, quality)
+        return VariantOutput(variant.name, status, error, encode_image(out, fmt, quality), crop, w, h,
+                             face_results, alpha if keep_alpha else None)
