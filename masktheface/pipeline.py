@@ -157,16 +157,18 @@ class Masker:
 
         color = parse_hex(spec.color) if spec.color else None
         tex = self._texture(spec.texture)
-        if spec.mask_type in REGION_TYPES or is_builtin(spec.mask_type):
-            art = draw_builtin(spec.mask_type, spec.placement, scale)
-            bgra = render.style_art(art.bgra, art.fabric, color, spec.color_weight, tex, spec.texture_weight)
-            return "mesh", bgra, art.origin, art.scale
+        # a loaded pack's templates win over built-ins of the same name: whoever brings a
+        # pack wants their own art
         if self.pack is not None:
             views = self.pack.views(spec.mask_type)
             if views:
                 tpl = views.get(view) or views.get("front") or next(iter(views.values()))
                 bgra = render.style_art(tpl.bgra, None, color, spec.color_weight, tex, spec.texture_weight)
                 return "homography", bgra, tpl.anchors, 1.0
+        if spec.mask_type in REGION_TYPES or is_builtin(spec.mask_type):
+            art = draw_builtin(spec.mask_type, spec.placement, scale)
+            bgra = render.style_art(art.bgra, art.fabric, color, spec.color_weight, tex, spec.texture_weight)
+            return "mesh", bgra, art.origin, art.scale
         raise ValueError(f"unknown mask type {spec.mask_type!r}; known: {', '.join(self.available_types())}")
 
     # -- masking -------------------------------------------------------------------------

@@ -237,12 +237,13 @@ def shade(w: Warped, image_bgr: np.ndarray, face_box: np.ndarray, strength: floa
     cover = alpha > 0.5
     field = np.ones((h, wd), np.float32)
     if cover.sum() > 16 and strength > 0:
-        small = (max(2, wd // 12), max(2, h // 12))
-        low = cv2.resize(cv2.resize(gray, small, interpolation=cv2.INTER_AREA), (wd, h),
-                         interpolation=cv2.INTER_LINEAR).astype(np.float32)
+        # a 4x4 grid of cell means: lighting varies at that scale, while finer detail
+        # (teeth, lips, beard) must not show through the fabric
+        low = cv2.resize(cv2.resize(gray, (4, 4), interpolation=cv2.INTER_AREA), (wd, h),
+                         interpolation=cv2.INTER_CUBIC).astype(np.float32)
         mean = float(low[cover].mean())
         if mean > 1.0:
-            field = 1.0 + strength * (np.clip(low / mean, 0.5, 1.4) - 1.0)
+            field = 1.0 + strength * (np.clip(low / mean, 0.7, 1.3) - 1.0)
     w.bgra[..., :3] *= (gain * field)[..., None]
 
 

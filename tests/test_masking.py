@@ -1,0 +1,202 @@
+"""The masking pipeline on real faces from ../shared/data (skips when absent)."""
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from masktheface.imageio import decode_image, encode_image
+from masktheface.pipeline import Masker, MaskerConfig, Variant
+from masktheface.spec import RANDOM_TYPES, MaskSpec, item_rng
+
+DATA = Path(os.environ.get("MASKTHEFACE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+needs_data = pytest.mark.skipif(not (DATA / "lfw").is_dir(), reason=f"real faces not found at {DATA}")
+
+NOSE_TIP, MOUTH, CHIN = [30, 33], [48, 51, 54, 57, 62, 66], [8]
+EYES = list(range(36, 48))
+
+
+@pytest.fixture(scope="module")
+def masker() -> Masker:
+    return Masker()
+
+
+def _lfw_sample(n: int, seed: int = 3) -> list[str]:
+    files = sorted(glob.glob(str(DATA / "lfw" / "lfw-deepfunneled" / "*" / "*.jpg")))
+    rng = np.random.default_rng(seed)
+    return [files[i] for i in rng.choice(len(files), n, replace=False)]
+
+
+def _alpha_at(alpha: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    h, w = alpha.shape
+    xy = np.clip(np.round(pts).astype(int), 0, [w - 1, h - 1])
+    return alpha[xy[:, 1], xy[:, 0]]
+
+
+def _assert_fitted(alpha: np.ndarray, lm: np.ndarray, where: str) -> None:
+    cover = _alpha_at(alpha, lm[NOSE_TIP + MOUTH + CHIN])
+    eyes = _alpha_at(alpha, lm[EYES])
+    assert cover.min() > 0.5, f"{where}: nose/mouth/chin not covered {cover.round(2)}"
+    assert eyes.max() < 0.1, f"{where}: eyes covered {eyes.round(2)}"
+
+
+@needs_data
+@pytest.mark.parametrize("mask_type", RANDOM_TYPES)
+def test_every_type_covers_nose_mouth_chin_not_eyes(masker, mask_type):
+    for f in _lfw_sample(6, seed=len(mask_type)):
+        bgr = cv2.imread(f)
+        res = masker.mask(bgr, MaskSpec(mask_type))
+        for face in res.faces:
+            if face.status == "ok":
+                _assert_fitted(res.alpha, face.landmarks, f"{mask_type} {f}")
+        assert res.status == "ok", (f, res.error)
+        assert not np.array_equal(res.image, bgr)
+
+
+@needs_data
+def test_lfw_sample_masked(masker):
+    ok = 0
+    files = _lfw_sample(40)
+    for f in files:
+        res = masker.mask(cv2.imread(f), MaskSpec("surgical_blue"))
+        if res.status == "ok":
+            ok += 1
+            for face in res.faces:
+                if face.status == "ok" and face.box[2] - face.box[0] > 60:
+                    _assert_fitted(res.alpha, face.landmarks, f)
+    assert ok >= 38
+
+
+@needs_data
+@pytest.mark.parametrize("placement,covered,uncovered", [
+    ("below_nose", MOUTH + CHIN, NOSE_TIP[:1] + EYES),
+    ("chin", CHIN, [51, 62] + NOSE_TIP + EYES),
+])
+def test_incorrect_wear(masker, placement, covered, uncovered):
+    bgr = cv2.imread(str(DATA / "lfw/lfw-deepfunneled/George_W_Bush/George_W_Bush_0001.jpg"))
+    res = masker.mask(bgr, MaskSpec("surgical", placement=placement))
+    lm = res.faces[0].landmarks
+    assert _alpha_at(res.alpha, lm[covered]).min() > 0.5
+    assert _alpha_at(res.alpha, lm[uncovered]).max() < 0.2
+
+
+@needs_data
+@pytest.mark.parametrize("name,expected", [("two_people.jpg", 2), ("knn_examples/test/obama_and_biden.jpg", 2),
+                                           ("multiface.jpg", None)])
+def test_multi_face_photos(masker, name, expected):
+    bgr = cv2.imread(str(DATA / "photos" / name))
+    res = masker.mask(bgr, (MaskSpec("N95"), MaskSpec("cloth")), np.random.default_rng(1))
+    masked = [f for f in res.faces if f.status == "ok"]
+    if expected is not None:
+        assert len(res.faces) == expected
+    assert len(masked) == len(res.faces) >= 2
+    for f in masked:
+        _assert_fitted(res.alpha, f.landmarks, name)
+
+
+@needs_data
+@pytest.mark.parametrize("deg", [-25, 25])
+def test_rotated_faces_get_a_fitted_mask(masker, deg):
+    bgr = cv2.imread(str(DATA / "photos/obama.jpg"))
+    h, w = bgr.shape[:2]
+    M = cv2.getRotationMatrix2D((w / 2, h / 2), deg, 1.0)
+    rot = cv2.warpAffine(bgr, M, (w, h), borderMode=cv2.BORDER_REFLECT)
+    res = Masker(MaskerConfig(upsample="1")).mask(rot, MaskSpec("KN95"))
+    assert res.faces, "no face found on the rotated photo"
+    f = res.faces[0]
+    assert f.status == "ok"
+    _assert_fitted(res.alpha, f.landmarks, f"rotated {deg}")
+
+
+@needs_data
+def test_turned_face_tilt_and_fit(masker):
+    # LFW faces with the largest |tilt| in a sample still get a fitted mask
+    tilts = []
+    for f in _lfw_sample(60, seed=11):
+        res = masker.mask(cv2.imread(f), MaskSpec("surgical"))
+        for face in res.faces:
+            if face.status == "ok" and face.box[2] - face.box[0] > 60:
+                tilts.append((abs(face.tilt_deg), f, res.alpha, face.landmarks))
+    tilts.sort(key=lambda t: -t[0])
+    assert tilts[0][0] > 8
+    for t, f, alpha, lm in tilts[:3]:
+        _assert_fitted(alpha, lm, f"tilt {t:.0f} {f}")
+
+
+@needs_data
+def test_process_is_deterministic_and_seeded(masker):
+    data = (DATA / "photos/two_people.jpg").read_bytes()
+    v = [Variant("masked", tuple(MaskSpec(t) for t in RANDOM_TYPES)), Variant("original")]
+    a = masker.process(data, "k/two_people.jpg", v, seed=5, aligned=160)
+    b = masker.process(data, "k/two_people.jpg", v, seed=5, aligned=160)
+    assert a.status == "ok" and a.n_faces == 2
+    assert [o.image for o in a.outputs] == [o.image for o in b.outputs]
+    assert [o.aligned for o in a.outputs] == [o.aligned for o in b.outputs]
+    drawn = {tuple(f.spec.mask_type for f in masker.process(data, "k/two_people.jpg", v, seed=s).outputs[0].faces)
+             for s in range(8)}
+    assert len(drawn) > 1
+
+
+@needs_data
+def test_aligned_twins_match_outside_the_mask(masker):
+    data = (DATA / "lfw/lfw-deepfunneled/Colin_Powell/Colin_Powell_0001.jpg").read_bytes()
+    for size in (160, 112):
+        p = masker.process(data, "c", [Variant("original"), Variant("N95", (MaskSpec("N95"),))], aligned=size, fmt="png")
+        orig = decode_image(p.outputs[0].aligned).bgr
+        masked = decode_image(p.outputs[1].aligned).bgr
+        assert orig.shape == masked.shape == (size, size, 3)
+        top = slice(0, size // 3)   # eyes and above: untouched by the mask
+        assert np.array_equal(orig[top], masked[top])
+        assert not np.array_equal(orig, masked)
+
+
+@needs_data
+def test_grayscale_stays_grayscale(masker):
+    gray = cv2.imread(str(DATA / "photos/obama.jpg"), cv2.IMREAD_GRAYSCALE)
+    data = encode_image(gray, "jpg")
+    p = masker.process(data, "g", [Variant("surgical_blue", (MaskSpec("surgical_blue", color="#ff0000", color_weight=1.0),))])
+    assert p.status == "ok"
+    out = decode_image(p.outputs[0].image)
+    assert out.is_gray
+
+
+@needs_data
+def test_colour_and_texture_change_the_mask(masker):
+    bgr = cv2.imread(str(DATA / "photos/obama.jpg"))
+    plain = masker.mask(bgr, MaskSpec("cloth"))
+    red = masker.mask(bgr, MaskSpec("cloth", color="#ff0000", color_weight=1.0))
+    tex = masker.mask(bgr, MaskSpec("cloth", texture="checks", texture_weight=1.0))
+    m = plain.alpha > 0.9
+    b, g, r = (red.image[m].astype(float).mean(0))
+    assert r > g + 20 and r > b + 20
+    assert tex.image[m].std() > plain.image[m].std()
+
+
+@needs_data
+def test_template_pack_masks_faces():
+    pack = DATA / "masktheface_templates" / "masks"
+    if not pack.is_dir():
+        pytest.skip("MaskTheFace template pack not found")
+    m = Masker(MaskerConfig(pack=str(pack)))
+    bgr = cv2.imread(str(DATA / "photos/two_people.jpg"))
+    res = m.mask(bgr, MaskSpec("surgical_green"))
+    assert res.n_masked == 2
+    for f in res.faces:
+        assert _alpha_at(res.alpha, f.landmarks[[30, 51, 57]]).min() > 0.5
+
+
+def test_bad_bytes_become_statuses():
+    m = Masker()
+    v = [Variant("original"), Variant("N95", (MaskSpec("N95"),))]
+    for data, status in [(b"", "decode_error"), (b"not an image at all", "decode_error")]:
+        p = m.process(data, "bad", v)
+        assert p.status == status and len(p.outputs) == 2
+        assert all(o.status == status and o.error and o.image is None for o in p.outputs)
+    blank = encode_image(np.full((120, 160, 3), 200, np.uint8), "png")
+    p = m.process(blank, "blank", v)
+    assert p.status == "no_face" and [o.status for o in p.outputs] == ["no_face", "no_face"]
+    assert p.outputs[1].image is None   # never an unmasked image labelled as masked
