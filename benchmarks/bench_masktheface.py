@@ -1,0 +1,152 @@
+"""Images/s per core of the masktheface library against a plain reference pipeline.
+
+The reference is written here, in the same script, the way the original MaskTheFace works:
+decode -> dlib HOG upsampled once (RGB) -> 68 landmarks -> the six key points -> a template
+PNG read from disk for every face -> homography warp -> alpha blend -> encode.
+Ours: ``Masker.process`` (built-in surgical_blue, mesh warp, shading, encode), in its
+default detection mode ("auto"), in the exhaustive mode (upsample=1), with boxes supplied
+(detection skipped), and with 2 worker processes.  Every configuration runs on the same
+images in the same run; figures are medians of ``--repeats`` runs.  Face recall is the
+number of the reference's faces that each configuration also finds (IoU >= 0.3).
+
+    python benchmarks/bench_masktheface.py --n 500 --repeats 3
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import dlib
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from masktheface.geometry import six_points  # noqa: E402
+from masktheface.landmarks import model_path  # noqa: E402
+from masktheface.pipeline import Masker, MaskerConfig, Variant  # noqa: E402
+from masktheface.spec import MaskSpec  # noqa: E402
+
+DATA = Path(os.environ.get("MASKTHEFACE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+PACK = DATA / "masktheface_templates" / "masks"
+VARIANT = [Variant("surgical_blue", (MaskSpec("surgical_blue"),))]
+
+
+def reference_pipeline(datas: list[bytes]) -> list[list[tuple]]:
+    """The original's way; returns the boxes it found per image."""
+    det = dlib.get_frontal_face_detector()
+    sp = dlib.shape_predictor(model_path("shape_predictor_68_face_landmarks.dat"))
+    anchors = np.array([[21, 97], [307, 22], [600, 99], [25, 322], [295, 470], [600, 323]], np.float64)
+    found = []
+    for data in datas:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        rgb = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        boxes = []
+        for r in det(rgb, 1):
+            shape = sp(rgb, r)
+            lm = np.array([(p.x, p.y) for p in shape.parts()], np.float64)
+            six, _ = six_points(lm)
+            tpl = cv2.imread(str(PACK / "templates" / "surgical_blue.png"), cv2.IMREAD_UNCHANGED)  # per face
+            H, _ = cv2.findHomography(anchors, six.astype(np.float64))
+            warped = cv2.warpPerspective(tpl, H, (img.shape[1], img.shape[0]))
+            a = warped[..., 3:4].astype(np.float32) / 255.0
+            img = (img * (1 - a) + warped[..., :3] * a).astype(np.uint8)
+            boxes.append((r.left(), r.top(), r.right(), r.bottom()))
+        cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        found.append(boxes)
+    return found
+
+
+def ours(datas: list[bytes], keys: list[str], masker: Masker, boxes=None) -> list[list[tuple]]:
+    out = []
+    for i, (d, k) in enumerate(zip(datas, keys)):
+        p = masker.process(d, k, VARIANT, boxes=None if boxes is None else boxes[i])
+        out.append([f.box for o in p.outputs[:1] for f in o.faces])
+    return out
+
+
+_W = None
+
+
+def _init():
+    global _W
+    _W = Masker()
+
+
+def _one(args):
+    d, k = args
+    return _W.process(d, k, VARIANT).status
+
+
+def iou(a, b) -> float:
+    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
+    x1, y1 = min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
+    area = lambda r: (r[2] - r[0]) * (r[3] - r[1])  # noqa: E731
+    return inter / max(area(a) + area(b) - inter, 1e-9)
+
+
+def recall(ref: list[list[tuple]], got: list[list[tuple]]) -> tuple[int, int, int]:
+    matched = sum(any(iou(r, g) >= 0.3 for g in gs) for rs, gs in zip(ref, got) for r in rs)
+    return matched, sum(len(r) for r in ref), sum(len(g) for g in got)
+
+
+def timed(fn, repeats: int):
+    times, out = [], None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=500)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    if not PACK.is_dir():
+        sys.exit(f"needs ../shared/data (not found at {DATA})")
+    files = sorted(glob.glob(str(DATA / "lfw" / "lfw-deepfunneled" / "*" / "*.jpg")))
+    files = files[:: max(1, len(files) // args.n)][: args.n]
+    datas = [Path(f).read_bytes() for f in files]
+    keys = [str(Path(f).relative_to(DATA)) for f in files]
+    n = len(datas)
+    print(f"{n} LFW images (250x250), {args.repeats} repeats, median; 1 process = 1 core")
+
+    t_ref, ref_boxes = timed(lambda: reference_pipeline(datas), args.repeats)
+    auto = Masker(MaskerConfig(upsample="auto"))
+    up1 = Masker(MaskerConfig(upsample="1"))
+    ours(datas[:5], keys[:5], auto), ours(datas[:5], keys[:5], up1)  # warm the art caches
+    t_auto, b_auto = timed(lambda: ours(datas, keys, auto), args.repeats)
+    t_up1, b_up1 = timed(lambda: ours(datas, keys, up1), args.repeats)
+    t_box, b_box = timed(lambda: ours(datas, keys, auto, boxes=ref_boxes), args.repeats)
+
+    def pool_run():
+        with mp.get_context("spawn").Pool(2, initializer=_init) as pool:
+            pool.map(_one, list(zip(datas[:4], keys[:4])))  # start-up excluded
+            t = time.perf_counter()
+            pool.map(_one, list(zip(datas, keys)), chunksize=8)
+            return time.perf_counter() - t
+
+    t_w2 = statistics.median(pool_run() for _ in range(args.repeats))
+    rows = [("reference (HOG up-1, template per face)", t_ref, recall(ref_boxes, ref_boxes), 1),
+            ("masktheface, detect auto", t_auto, recall(ref_boxes, b_auto), 1),
+            ("masktheface, detect upsample=1", t_up1, recall(ref_boxes, b_up1), 1),
+            ("masktheface, boxes supplied", t_box, recall(ref_boxes, b_box), 1),
+            ("masktheface, auto, --workers 2", t_w2, None, 2)]
+    print(f"{'configuration':42s} {'img/s':>8s} {'img/s/core':>11s} {'x ref/core':>10s}  faces found (of reference's)")
+    ref_rate = n / t_ref
+    for name, t, rec, cores in rows:
+        rate = n / t
+        recs = f"{rec[0]}/{rec[1]} matched, {rec[2]} total" if rec else "-"
+        print(f"{name:42s} {rate:8.1f} {rate / cores:11.1f} {rate / cores / ref_rate:10.2f}  {recs}")
+
+
+if __name__ == "__main__":
+    main()

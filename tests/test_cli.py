@@ -1,0 +1,111 @@
+"""The masktheface command on real faces and a folder seeded with bad files."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from masktheface.cli import main
+
+DATA = Path(os.environ.get("MASKTHEFACE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+needs_data = pytest.mark.skipif(not (DATA / "lfw").is_dir(), reason=f"real faces not found at {DATA}")
+
+
+@pytest.fixture()
+def tree(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    from badfiles import write_bad_corpus
+
+    root = tmp_path / "in"
+    (root / "sub dir").mkdir(parents=True)
+    src = DATA / "lfw/lfw-deepfunneled/George_W_Bush/George_W_Bush_0001.jpg"
+    expected = write_bad_corpus(root / "sub dir", src if src.exists() else None)
+    shutil.copy(DATA / "photos/two_people.jpg", root / "two_people.jpg")
+    expected["two_people.jpg"] = "ok"
+    (root / "notes.txt").write_text("not an image, not picked up")
+    return root, expected
+
+
+@needs_data
+def test_folder_every_input_accounted_for(tree, tmp_path, capsys):
+    root, expected = tree
+    out = tmp_path / "out"
+    manifest = tmp_path / "m.csv"
+    rc = main(["--path", str(root), "--output", str(out), "--mask_type", "random", "--manifest", str(manifest),
+               "--aligned", "112", "--write_original_image", "--no-progress", "--seed", "3"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rows = list(csv.DictReader(open(manifest, encoding="utf-8")))
+    names = {Path(r["path"]).name: r for r in rows}
+    n_images = sum(1 for p in root.rglob("*") if p.is_file() and p.suffix.lower() != ".txt")
+    assert summary["images"] == len(rows) == n_images
+    for name, exp in expected.items():
+        r = names[name]
+        if exp == "ok":
+            assert r["status"] in ("ok", "no_face"), (name, r)
+        else:
+            assert r["status"] in ("decode_error", "too_large"), (name, r)
+            assert r["error"], name
+    two = names["two_people.jpg"]
+    assert two["status"] == "ok" and two["faces"] == "2" and two["masked"] == "2"
+    outs = two["outputs"].split(";")
+    assert any(o.endswith("_random.jpg") for o in outs) and any("_original" in o for o in outs)
+    assert any("aligned112" in o for o in outs)
+    assert all(Path(o).exists() and str(out) in o for r in rows for o in r["outputs"].split(";") if o)
+    assert summary["faces"] >= 2 and summary["errors"] >= 5
+
+
+@needs_data
+def test_workers_give_identical_bytes(tmp_path):
+    root = tmp_path / "in"
+    root.mkdir()
+    for n in ("obama.jpg", "biden.jpg", "two_people.jpg"):
+        shutil.copy(DATA / "photos" / n, root / n)
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["--path", str(root), "--output", str(a), "--code", "N95,cloth-checks,surgical-#ff0000",
+                 "--no-progress"]) == 0
+    assert main(["--path", str(root), "--output", str(b), "--code", "N95,cloth-checks,surgical-#ff0000",
+                 "--workers", "2", "--no-progress"]) == 0
+    fa = sorted(p.relative_to(a) for p in a.rglob("*.jpg"))
+    assert fa == sorted(p.relative_to(b) for p in b.rglob("*.jpg")) and len(fa) == 3
+    for rel in fa:
+        assert (a / rel).read_bytes() == (b / rel).read_bytes()
+
+
+@needs_data
+def test_single_file_all_types_and_default_output(tmp_path):
+    f = tmp_path / "x.y.z.png"
+    shutil.copy(DATA / "photos/obama-240p.jpg", tmp_path / "obama.jpg")
+    import cv2
+    cv2.imwrite(str(f), cv2.imread(str(tmp_path / "obama.jpg")))
+    rc = main(["--path", str(f), "--mask_type", "all", "--no-progress", "--format", "webp"])
+    assert rc == 0
+    out = tmp_path.parent / f"{tmp_path.name}_masked"
+    made = sorted(p.name for p in out.glob("*.webp"))
+    assert len(made) == 7 and "x.y.z_N95.webp" in made
+    shutil.rmtree(out)
+
+
+def test_usage_errors(tmp_path, capsys):
+    assert main(["--path", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "in").mkdir()
+    assert main(["--path", str(tmp_path / "in"), "--output", str(tmp_path / "in" / "out")]) == 2
+    assert "inside the input tree" in capsys.readouterr().err
+    assert main(["--path", str(tmp_path / "in"), "--code", "surgical-#zzzzzz"]) == 2
+    assert main(["--path", str(tmp_path / "in"), "--mask_type", "balaclava"]) == 2
+    # nothing processable -> 1
+    (tmp_path / "in" / "broken.jpg").write_bytes(b"\xff\xd8garbage")
+    assert main(["--path", str(tmp_path / "in"), "--output", str(tmp_path / "o"), "--no-progress"]) == 1
+
+
+def test_console_script_runs():
+    exe = shutil.which("masktheface")
+    cmd = [exe] if exe else [sys.executable, "-m", "masktheface.cli"]
+    r = subprocess.run(cmd + ["--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "--mask_type" in r.stdout and "--manifest" in r.stdout
