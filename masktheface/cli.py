@@ -145,19 +145,22 @@ def _process_one(item: tuple[str, str, str]) -> dict:
     res = _MASKER.process(data, key, variants, seed=job.seed, aligned=job.aligned, fmt=fmt, quality=job.quality)
     row.update(status=res.status, error=res.error, faces=res.n_faces, seconds=round(res.seconds, 4))
     outs = []
-    for o in res.outputs:
-        if o.image is None:
-            continue
-        target = Path(f"{stem}_{o.variant}.{fmt}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(o.image)
-        outs.append(str(target))
-        if o.aligned is not None:
-            t2 = Path(f"{stem}_{o.variant}_aligned{job.aligned}.{fmt}")
-            t2.write_bytes(o.aligned)
-            outs.append(str(t2))
-        if o.variant != "original":
-            row["masked"] += sum(f.status == "ok" and f.spec is not None for f in o.faces)
+    try:
+        for o in res.outputs:
+            if o.image is None:
+                continue
+            target = Path(f"{stem}_{o.variant}.{fmt}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(o.image)
+            outs.append(str(target))
+            if o.aligned is not None:
+                t2 = Path(f"{stem}_{o.variant}_aligned{job.aligned}.{fmt}")
+                t2.write_bytes(o.aligned)
+                outs.append(str(t2))
+            if o.variant != "original":
+                row["masked"] += sum(f.status == "ok" and f.spec is not None for f in o.faces)
+    except OSError as e:  # a full disk or a bad name fails this row, not the run
+        row.update(status="error", error=f"cannot write output: {e}")
     row["outputs"] = outs
     return row
 
