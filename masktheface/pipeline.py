@@ -80,6 +80,8 @@ class Variant:
 
     name: str
     specs: tuple[MaskSpec, ...] = ()
+    #: "face": every face draws its own spec; "image": one draw for all faces of the image
+    draw: str = "face"
 
 
 @dataclass(frozen=True)
@@ -203,10 +205,11 @@ class Masker:
 
     def mask(self, bgr: np.ndarray, specs: Sequence[MaskSpec] | MaskSpec,
              rng: np.random.Generator | None = None, faces: Sequence[Face] | None = None,
-             per_face: bool = False) -> MaskResult:
+             per_face: bool = False, draw: str = "face") -> MaskResult:
         """Mask every face of a uint8 (H,W,3) BGR image (the input is not modified).
 
-        ``specs``: one spec, or several to draw from uniformly per face with ``rng``; with
+        ``specs``: one spec, or several to draw from uniformly with ``rng``, per face
+        (``draw="face"``) or once for the whole image (``draw="image"``); with
         ``per_face=True`` the i-th spec goes to the i-th face (left to right).
         """
         if isinstance(specs, MaskSpec):
@@ -214,7 +217,11 @@ class Masker:
         specs = tuple(specs)
         if not specs:
             raise ValueError("no mask spec given")
+        if draw not in ("face", "image"):
+            raise ValueError(f"draw must be 'face' or 'image', not {draw!r}")
         rng = rng or np.random.default_rng(0)
+        if draw == "image" and not per_face:
+            specs = (choose(specs, rng),)
         if faces is None:
             faces = self.find_faces(bgr)
         out = bgr.copy()
@@ -290,7 +297,7 @@ class Masker:
                                             g.view, None, "ok") for f, g in zip(faces, geo))
             status, error = ("ok", None) if faces else ("no_face", "no face found")
         else:
-            res = self.mask(dec.bgr, variant.specs, rng, faces)
+            res = self.mask(dec.bgr, variant.specs, rng, faces, draw=variant.draw)
             img, alpha, face_results, status, error = res.image, res.alpha, res.faces, res.status, res.error
         if status in ("no_face", "mask_failed") and variant.specs:
             # nothing honest to write: an unmasked image labelled "masked" would poison a data set

@@ -139,6 +139,10 @@ def test_process_is_deterministic_and_seeded(masker):
     drawn = {tuple(f.spec.mask_type for f in masker.process(data, "k/two_people.jpg", v, seed=s).outputs[0].faces)
              for s in range(8)}
     assert len(drawn) > 1
+    one = Variant("masked", tuple(MaskSpec(t) for t in RANDOM_TYPES), draw="image")
+    per_image = [tuple(f.spec.mask_type for f in masker.process(data, "k", [one], seed=s).outputs[0].faces)
+                 for s in range(6)]
+    assert all(len(set(t)) == 1 for t in per_image) and len({t[0] for t in per_image}) > 1
 
 
 @needs_data
