@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated 'type[-#hex|-texture]' entries, one drawn at random per face "
                         "(overrides --mask_type/--pattern/--color)")
     p.add_argument("--placement", default="correct", choices=PLACEMENTS, help="how the mask is worn")
+    p.add_argument("--draw", default="face", choices=("face", "image"),
+                   help="with several types: draw one per face, or one per image for all its faces")
     p.add_argument("--pack", default=None, help="a MaskTheFace-format template pack (masks.cfg + PNGs)")
     p.add_argument("--seed", type=int, default=0, help="run seed; each image's draws derive from it and its path")
     p.add_argument("--workers", type=int, default=1, help="local worker processes")
@@ -83,7 +85,7 @@ def _variants(args: argparse.Namespace, known_pack_types: Sequence[str]) -> tupl
     kw = dict(color_weight=args.color_weight, texture_weight=args.pattern_weight, placement=args.placement)
     if args.code:
         specs = parse_code(args.code, **kw)
-        return (Variant("masked", specs),)
+        return (Variant("masked", specs, args.draw),)
     mtype = normalise_type(args.mask_type)
     types = RANDOM_TYPES if mtype in ("random", "all") else (mtype,)
     for t in types:
@@ -93,7 +95,7 @@ def _variants(args: argparse.Namespace, known_pack_types: Sequence[str]) -> tupl
                   for t in types)
     if mtype == "all":
         return tuple(Variant(s.label, (s,)) for s in specs)
-    return (Variant(specs[0].label if len(specs) == 1 else "random", specs),)
+    return (Variant(specs[0].label if len(specs) == 1 else "random", specs, args.draw),)
 
 
 def iter_inputs(root: Path, exclude: Path | None) -> Iterator[Path]:
