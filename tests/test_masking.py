@@ -205,3 +205,18 @@ def test_bad_bytes_become_statuses():
     p = m.process(blank, "blank", v)
     assert p.status == "no_face" and [o.status for o in p.outputs] == ["no_face", "no_face"]
     assert p.outputs[1].image is None   # never an unmasked image labelled as masked
+
+
+@needs_data
+def test_auto_detection_recovers_near_miss_faces():
+    # the central face here scores just under HOG's threshold without upsampling; "auto"
+    # re-checks such near misses upsampled on a crop, as "upsample once" would find it
+    from masktheface.landmarks import FaceAnalyzer
+
+    rgb = cv2.cvtColor(cv2.imread(str(DATA / "lfw/lfw-deepfunneled/Hamid_Karzai/Hamid_Karzai_0019.jpg")),
+                       cv2.COLOR_BGR2RGB)
+    auto = FaceAnalyzer(upsample="auto").detect(rgb)
+    up1 = FaceAnalyzer(upsample="1").detect(rgb)
+    assert len(up1) == 2 and len(auto) == 2
+    centres = sorted(float((b[0] + b[2]) / 2) for b, _ in auto)
+    assert 120 < centres[0] < 180
