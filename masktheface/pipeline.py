@@ -270,13 +270,17 @@ class Masker:
             bgr = dec.bgr
             h, w = bgr.shape[:2]
             faces = self.find_faces(bgr, boxes, landmarks)
+            geos = [geometry.analyse(f.landmarks, bgr.shape) for f in faces]
+            usable = [f for f, g in zip(faces, geos) if g.status == "ok"]
             M = None
-            if aligned and faces:
-                primary = max(faces, key=lambda f: float((f.box[2] - f.box[0]) * (f.box[3] - f.box[1])))
+            if aligned and usable:
+                # the primary face is the largest one whose landmarks are plausible: a crop
+                # from a failed fit would be garbage in a training set
+                primary = max(usable, key=lambda f: float((f.box[2] - f.box[0]) * (f.box[3] - f.box[1])))
                 M = align.align_transform(primary.landmarks, int(aligned))
             outs = []
             for vi, variant in enumerate(variants):
-                outs.append(self._variant(dec, faces, variant, item_rng(seed, key, vi), M, aligned,
+                outs.append(self._variant(dec, faces, geos, variant, item_rng(seed, key, vi), M, aligned,
                                           fmt, quality, keep_alpha))
             status = "ok" if any(o.status == "ok" for o in outs) else outs[0].status if outs else "ok"
             errors = sorted({o.error for o in outs if o.error})
@@ -286,16 +290,22 @@ class Masker:
             log.exception("processing %s failed", key)
             return failed("error", f"{type(e).__name__}: {e}")
 
-    def _variant(self, dec: DecodedImage, faces: Sequence[Face], variant: Variant,
-                 rng: np.random.Generator, M: np.ndarray | None, aligned: int | None,
+    def _variant(self, dec: DecodedImage, faces: Sequence[Face], geos: Sequence[geometry.FaceGeometry],
+                 variant: Variant, rng: np.random.Generator, M: np.ndarray | None, aligned: int | None,
                  fmt: str, quality: int, keep_alpha: bool) -> VariantOutput:
         h, w = dec.bgr.shape[:2]
         if not variant.specs:
             img, alpha = dec.bgr, None
-            geo = [geometry.analyse(f.landmarks, dec.bgr.shape) for f in faces]
             face_results = tuple(FaceResult(tuple(float(v) for v in f.box), f.landmarks, g.six, g.tilt_deg,
-                                            g.view, None, "ok") for f, g in zip(faces, geo))
-            status, error = ("ok", None) if faces else ("no_face", "no face found")
+                                            g.view, None, "ok" if g.status == "ok" else "geometry_failed",
+                                            g.error) for f, g in zip(faces, geos))
+            if not faces:
+                status, error = "no_face", "no face found"
+            elif any(g.status == "ok" for g in geos):
+                status, error = "ok", None
+            else:
+                status = "no_face"
+                error = "no usable face: " + "; ".join(sorted({g.error or g.status for g in geos}))
         else:
             res = self.mask(dec.bgr, variant.specs, rng, faces, draw=variant.draw)
             img, alpha, face_results, status, error = res.image, res.alpha, res.faces, res.status, res.error

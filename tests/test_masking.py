@@ -85,7 +85,7 @@ def test_incorrect_wear(masker, placement, covered, uncovered):
 
 
 @needs_data
-@pytest.mark.parametrize("name,expected", [("two_people.jpg", 2), ("knn_examples/test/obama_and_biden.jpg", 2),
+@pytest.mark.parametrize("name,expected", [("two_people.jpg", 2), ("knn_examples/test/obama_and_biden.jpg", 3),  # + a girl looking down
                                            ("multiface.jpg", None)])
 def test_multi_face_photos(masker, name, expected):
     bgr = cv2.imread(str(DATA / "photos" / name))
@@ -220,3 +220,16 @@ def test_auto_detection_recovers_near_miss_faces():
     assert len(up1) == 2 and len(auto) == 2
     centres = sorted(float((b[0] + b[2]) / 2) for b, _ in auto)
     assert 120 < centres[0] < 180
+
+
+@needs_data
+@pytest.mark.parametrize("kw", [dict(boxes=[[300, 300, 400, 400]]), dict(boxes=[[10, 10, 10, 10]]),
+                                dict(landmarks=[np.full((68, 2), np.nan, np.float32)])])
+def test_failed_fit_gives_no_aligned_crop(masker, kw):
+    data = (DATA / "lfw/lfw-deepfunneled/Aaron_Eckhart/Aaron_Eckhart_0001.jpg").read_bytes()
+    p = masker.process(data, "k", [Variant("original"), Variant("N95", (MaskSpec("N95"),))], aligned=160, **kw)
+    orig, masked = p.outputs
+    assert orig.aligned is None and masked.image is None and masked.aligned is None
+    assert orig.status == "no_face" and "no usable face" in orig.error
+    assert masked.status == "mask_failed" and masked.error
+    assert orig.faces[0].status == "geometry_failed"
