@@ -200,7 +200,7 @@ def measure_ray(files: Path, cpus: int, args, work: Path) -> dict:
     cmd = [sys.executable, "-m", "jobs.mask_dataset", "--input", str(LFW), "--files", str(files),
            "--output", str(out_dir), "--recipe", args.recipe, "--seed", str(args.seed),
            "--aligned", str(args.aligned), "--num-cpus", str(cpus), "--no-progress-bars",
-           "--max-error-rate", "1", "--log-level", "WARNING"]
+           "--max-error-rate", "1", "--log-level", "WARNING", "--read-in", args.read_in]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     m = run_measured(cmd, env=env)
@@ -230,6 +230,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--cpus", type=int, nargs="+", default=[1, 2], help="Ray CPU counts to measure")
     ap.add_argument("--recipe", default="vggface2-mini-sm")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--read-in", default="auto", choices=("auto", "tasks", "actors"),
+                    help="the job's --read-in (where files are read)")
     ap.add_argument("--aligned", default="160")
     ap.add_argument("--budget-s", type=float, default=1500, help="stop repeating past this many seconds")
     ap.add_argument("--json", default=None, help="also write the results here")

@@ -283,7 +283,9 @@ def test_every_input_and_variant_accounted_for(runs, corpus):
 @pytest.mark.ray
 def test_schema_is_exact_in_every_file(runs):
     files = md._output_parquet_files(pafs.LocalFileSystem(), str(runs["out"]))
-    assert len(files) >= 4 and all("/part-run" in f for f in files)
+    # at least one file per run (how many depends on how Ray Data splits the stream)
+    assert len(files) >= 2 and all("/part-run" in f for f in files)
+    assert {f.split("/part-")[1].split("-")[0] for f in files} == {"run1", "run2"}
     for f in files:
         assert pq.read_schema(f).remove_metadata().equals(md.output_schema()), f
     # readable as it is, with the image bytes and (68,2) landmarks usable
