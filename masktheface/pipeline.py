@@ -135,10 +135,13 @@ class Masker:
 
     # -- faces ---------------------------------------------------------------------------
     def find_faces(self, bgr: np.ndarray, boxes: Sequence[Sequence[float]] | None = None,
-                   landmarks: Sequence[np.ndarray] | None = None) -> list[Face]:
-        """uint8 (H,W,3) BGR -> faces (supplied boxes/landmarks skip detection)."""
+                   landmarks: Sequence[np.ndarray] | None = None, gray: np.ndarray | None = None) -> list[Face]:
+        """uint8 (H,W,3) BGR (+ its gray version when at hand) -> faces (supplied
+        boxes/landmarks skip detection)."""
+        if landmarks is not None:
+            return self.analyzer.faces(bgr, None, landmarks)
         rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        return self.analyzer.faces(rgb, boxes, landmarks)
+        return self.analyzer.faces(rgb, boxes, None, gray)
 
     # -- art -----------------------------------------------------------------------------
     def available_types(self) -> tuple[str, ...]:
@@ -174,10 +177,13 @@ class Masker:
         raise ValueError(f"unknown mask type {spec.mask_type!r}; known: {', '.join(self.available_types())}")
 
     # -- masking -------------------------------------------------------------------------
-    def mask_face(self, image: np.ndarray, alpha: np.ndarray, face: Face, spec: MaskSpec) -> FaceResult:
+    def mask_face(self, image: np.ndarray, alpha: np.ndarray, face: Face, spec: MaskSpec,
+                  geo: geometry.FaceGeometry | None = None) -> FaceResult:
         """Draw one mask on ``image`` (uint8 (H,W,3) BGR, modified in place), union its alpha
-        into ``alpha`` (float32 (H,W)); failures become the FaceResult's status."""
-        geo = geometry.analyse(face.landmarks, image.shape)
+        into ``alpha`` (float32 (H,W)); failures become the FaceResult's status.  ``geo``:
+        the face's geometry when already analysed."""
+        if geo is None:
+            geo = geometry.analyse(face.landmarks, image.shape)
         box = tuple(float(v) for v in face.box)
 
         def result(status: str, error: str | None = None, coverage: float = 0.0) -> FaceResult:
@@ -205,7 +211,8 @@ class Masker:
 
     def mask(self, bgr: np.ndarray, specs: Sequence[MaskSpec] | MaskSpec,
              rng: np.random.Generator | None = None, faces: Sequence[Face] | None = None,
-             per_face: bool = False, draw: str = "face") -> MaskResult:
+             per_face: bool = False, draw: str = "face",
+             geos: Sequence[geometry.FaceGeometry] | None = None) -> MaskResult:
         """Mask every face of a uint8 (H,W,3) BGR image (the input is not modified).
 
         ``specs``: one spec, or several to draw from uniformly with ``rng``, per face
@@ -230,7 +237,7 @@ class Masker:
         for i, face in enumerate(faces):
             spec = specs[min(i, len(specs) - 1)] if per_face else choose(specs, rng)
             try:
-                results.append(self.mask_face(out, alpha, face, spec))
+                results.append(self.mask_face(out, alpha, face, spec, geos[i] if geos is not None else None))
             except Exception as e:  # a bug on one face must not lose the image
                 log.exception("masking face %d failed", i)
                 results.append(FaceResult(tuple(float(v) for v in face.box), face.landmarks,
@@ -269,7 +276,7 @@ class Masker:
                 return failed("too_large" if e.code == "too_large" else "decode_error", str(e))
             bgr = dec.bgr
             h, w = bgr.shape[:2]
-            faces = self.find_faces(bgr, boxes, landmarks)
+            faces = self.find_faces(bgr, boxes, landmarks, dec.gray)
             geos = [geometry.analyse(f.landmarks, bgr.shape) for f in faces]
             usable = [f for f, g in zip(faces, geos) if g.status == "ok"]
             M = None
@@ -307,7 +314,7 @@ class Masker:
                 status = "no_face"
                 error = "no usable face: " + "; ".join(sorted({g.error or g.status for g in geos}))
         else:
-            res = self.mask(dec.bgr, variant.specs, rng, faces, draw=variant.draw)
+            res = self.mask(dec.bgr, variant.specs, rng, faces, draw=variant.draw, geos=geos)
             img, alpha, face_results, status, error = res.image, res.alpha, res.faces, res.status, res.error
         if status in ("no_face", "mask_failed") and variant.specs:
             # nothing honest to write: an unmasked image labelled "masked" would poison a data set
