@@ -233,3 +233,19 @@ def test_failed_fit_gives_no_aligned_crop(masker, kw):
     assert orig.status == "no_face" and "no usable face" in orig.error
     assert masked.status == "mask_failed" and masked.error
     assert orig.faces[0].status == "geometry_failed"
+
+
+@needs_data
+def test_region_tools_and_cnn_detector():
+    bgr = cv2.imread(str(DATA / "photos/obama-240p.jpg"))
+    m = Masker(MaskerConfig(detector="cnn"))
+    faces = m.find_faces(bgr)
+    assert len(faces) == 1 and faces[0].source == "cnn"
+    empty = m.mask(bgr, MaskSpec("empty"), faces=faces)
+    inpaint = m.mask(bgr, MaskSpec("inpaint"), faces=faces)
+    inside = empty.alpha > 0.99
+    assert inside.sum() > 500
+    assert empty.image[inside].max() <= 3                  # the region is blanked
+    filled = inpaint.image[inside].astype(float)
+    assert filled.mean() > 40 and not np.array_equal(inpaint.image, bgr)  # filled from around it
+    _assert_fitted(empty.alpha, faces[0].landmarks, "empty region")
