@@ -757,11 +757,12 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> argparse.A
             if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
                 kw["type"], kw["nargs"] = _converter(args[0], False), "*" if default == () else "+"
             elif origin is tuple and args:
-                if len(set(args)) != 1:
+                if len(set(args)) != 1 or optional:
                     kw["type"] = str  # converted position by position in dataclass_from_args
                 else:
                     kw["type"] = _converter(args[0], False)
-                kw["nargs"] = len(args)
+                # an optional fixed-length tuple also takes the single word "none"
+                kw["nargs"] = "+" if optional else len(args)
             else:
                 kw["type"] = _converter(args[0] if args else str, False)
                 kw["nargs"] = "*" if not default else "+"
@@ -781,11 +782,19 @@ def dataclass_from_args(cls: type, ns: argparse.Namespace, **overrides: Any) -> 
         if not f.init or not hasattr(ns, f.name):
             continue
         value = getattr(ns, f.name)
-        tp, _ = _unwrap_optional(hints[f.name])
+        tp, optional = _unwrap_optional(hints[f.name])
         origin = typing.get_origin(tp)
         if value is not None and origin is tuple:
             args = typing.get_args(tp)
-            if args and not (len(args) == 2 and args[1] is Ellipsis) and len(set(args)) > 1:
+            fixed = bool(args) and not (len(args) == 2 and args[1] is Ellipsis)
+            if fixed and optional and isinstance(value, list):
+                if len(value) == 1 and str(value[0]).strip().lower() in _NONE_WORDS:
+                    kwargs[f.name] = None
+                    continue
+                if len(value) != len(args):
+                    raise ValueError(f"--{f.name.replace('_', '-')} takes {len(args)} values or 'none', "
+                                     f"got {len(value)}")
+            if fixed and (len(set(args)) > 1 or optional):
                 value = tuple(_converter(a, False)(v) for a, v in zip(args, value))
             else:
                 value = tuple(value)

@@ -396,3 +396,22 @@ def test_runtime_env_yaml_and_helper(monkeypatch, capsys, no_aws_env):
     assert out["env_vars"]["PYTHONUNBUFFERED"] == "1" and out["excludes"] == rt["excludes"]
     assert c._main(["runtime-env", str(path), "--redacted"]) == 0
     assert "topsecret" not in capsys.readouterr().out
+
+
+def test_dataclass_cli_optional_fixed_tuple():
+    import argparse
+    import dataclasses
+
+    from jobs.common import add_dataclass_args, dataclass_from_args
+
+    @dataclasses.dataclass(frozen=True)
+    class C:
+        box: tuple[float, float, float, float] | None = (0.0, 0.0, 1.0, 1.0)
+
+    p = argparse.ArgumentParser()
+    add_dataclass_args(p, C)
+    assert dataclass_from_args(C, p.parse_args([])).box == (0.0, 0.0, 1.0, 1.0)
+    assert dataclass_from_args(C, p.parse_args(["--box", "none"])).box is None
+    assert dataclass_from_args(C, p.parse_args(["--box", "1", "2", "3", "4.5"])).box == (1.0, 2.0, 3.0, 4.5)
+    with pytest.raises(ValueError, match="takes 4 values"):
+        dataclass_from_args(C, p.parse_args(["--box", "1", "2"]))
