@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import logging
 import multiprocessing as mp
@@ -22,7 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from .imageio import IMAGE_EXTENSIONS, is_image_name
+import numpy as np
+
+from .imageio import IMAGE_EXTENSIONS, encode_image, is_image_name
 from .spec import RANDOM_TYPES, REGION_TYPES, PLACEMENTS, MaskSpec, SpecError, parse_code, normalise_type
 
 log = logging.getLogger("masktheface")
@@ -57,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write aligned crops (from the unmasked landmarks)")
     p.add_argument("--manifest", default=None, help="write one row per input (.csv or .jsonl)")
     p.add_argument("--write_original_image", action="store_true", help="also write the unmasked image")
+    p.add_argument("--write_alpha", action="store_true",
+                   help="also write each masked output's mask alpha as <name>_alpha.png (0-255)")
+    p.add_argument("--write_metadata", action="store_true",
+                   help="also write <name>.json per output: every face's box, 68 landmarks, six key "
+                        "points, tilt, view, mask spec and status")
     p.add_argument("--detector", default="hog", choices=("hog", "cnn"))
     p.add_argument("--upsample", default="auto", choices=("auto", "0", "1", "2"))
     p.add_argument("--verbose", action="store_true", help="log every image")
@@ -77,6 +85,8 @@ class Job:
     detector: str
     upsample: str
     write_original: bool
+    write_alpha: bool = False
+    write_metadata: bool = False
 
 
 def _variants(args: argparse.Namespace, known_pack_types: Sequence[str]) -> tuple:
@@ -144,7 +154,8 @@ def _process_one(item: tuple[str, str, str]) -> dict:
         row["error"] = f"cannot read file: {e}"
         return row
     variants = job.variants + ((Variant("original"),) if job.write_original else ())
-    res = _MASKER.process(data, key, variants, seed=job.seed, aligned=job.aligned, fmt=fmt, quality=job.quality)
+    res = _MASKER.process(data, key, variants, seed=job.seed, aligned=job.aligned, fmt=fmt, quality=job.quality,
+                          keep_alpha=job.write_alpha)
     row.update(status=res.status, error=res.error, faces=res.n_faces, seconds=round(res.seconds, 4))
     outs = []
     try:
@@ -159,12 +170,38 @@ def _process_one(item: tuple[str, str, str]) -> dict:
                 t2 = Path(f"{stem}_{o.variant}_aligned{job.aligned}.{fmt}")
                 t2.write_bytes(o.aligned)
                 outs.append(str(t2))
+            if job.write_alpha and o.alpha is not None:
+                t3 = Path(f"{stem}_{o.variant}_alpha.png")
+                t3.write_bytes(encode_image((np.clip(o.alpha, 0, 1) * 255 + 0.5).astype(np.uint8), "png"))
+                outs.append(str(t3))
+            if job.write_metadata:
+                t4 = Path(f"{stem}_{o.variant}.json")
+                t4.write_text(json.dumps(_metadata(src, o), ensure_ascii=False), encoding="utf-8")
+                outs.append(str(t4))
             if o.variant != "original":
                 row["masked"] += sum(f.status == "ok" and f.spec is not None for f in o.faces)
     except OSError as e:  # a full disk or a bad name fails this row, not the run
         row.update(status="error", error=f"cannot write output: {e}")
     row["outputs"] = outs
     return row
+
+
+def _metadata(src: str, o) -> dict:
+    """One output's faces as plain JSON (coordinates in the output image's pixels)."""
+    def arr(a) -> list:
+        return [[round(float(v), 2) for v in p] for p in np.asarray(a, np.float64)]
+
+    return {
+        "source": src, "variant": o.variant, "status": o.status, "error": o.error,
+        "width": o.width, "height": o.height,
+        "faces": [{
+            "box": [round(float(v), 2) for v in f.box], "landmarks": arr(f.landmarks),
+            "six_points": None if not np.all(np.isfinite(f.six)) else arr(f.six),
+            "tilt_deg": None if not np.isfinite(f.tilt_deg) else round(float(f.tilt_deg), 2),
+            "view": f.view, "status": f.status, "error": f.error,
+            "spec": None if f.spec is None else dataclasses.asdict(f.spec),
+        } for f in o.faces],
+    }
 
 
 def _write_manifest(path: Path, rows: list[dict]) -> None:
@@ -218,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rel = f.relative_to(base)
         items.append((str(f), rel.as_posix(), str(out_root / rel.parent / rel.stem)))
     job = Job(variants, args.seed, args.format, args.quality, args.aligned, args.pack, args.detector,
-              args.upsample, args.write_original_image)
+              args.upsample, args.write_original_image, args.write_alpha, args.write_metadata)
     t0 = time.perf_counter()
     rows: list[dict] = []
     from tqdm import tqdm

@@ -109,3 +109,29 @@ def test_console_script_runs():
     cmd = [exe] if exe else [sys.executable, "-m", "masktheface.cli"]
     r = subprocess.run(cmd + ["--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "--mask_type" in r.stdout and "--manifest" in r.stdout
+
+
+@needs_data
+def test_alpha_and_metadata_outputs(tmp_path):
+    import cv2
+    import numpy as np
+
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(DATA / "photos/two_people.jpg", src / "two.jpg")
+    out = tmp_path / "out"
+    assert main(["--path", str(src), "--output", str(out), "--mask_type", "KN95", "--write_alpha",
+                 "--write_metadata", "--no-progress"]) == 0
+    meta = json.loads((out / "two_KN95.json").read_text())
+    assert meta["status"] == "ok" and len(meta["faces"]) == 2
+    face = meta["faces"][0]
+    assert len(face["landmarks"]) == 68 and len(face["six_points"]) == 6
+    assert face["spec"]["mask_type"] == "KN95" and face["status"] == "ok"
+    alpha = cv2.imread(str(out / "two_KN95_alpha.png"), cv2.IMREAD_UNCHANGED)
+    img = cv2.imread(str(out / "two_KN95.jpg"))
+    assert alpha.shape == img.shape[:2] and alpha.dtype == np.uint8
+    for f in meta["faces"]:
+        x, y = (int(round(v)) for v in f["landmarks"][57])   # lower lip: under the mask
+        assert alpha[y, x] > 128
+        x, y = (int(round(v)) for v in f["landmarks"][37])   # eye: uncovered
+        assert alpha[y, x] < 25
