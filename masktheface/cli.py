@@ -2,7 +2,8 @@
 
 Flags follow the original MaskTheFace (``--path --mask_type --pattern --pattern_weight
 --color --color_weight --code --verbose --write_original_image``) plus ``--output --seed
---workers --format --quality --aligned --manifest --placement --pack --detector --upsample``.
+--workers --format --quality --aligned --manifest --placement --draw --pack --detector
+--upsample --write_alpha --write_metadata``.
 Every input file gets one manifest row (path, status, faces, outputs, error); nothing is
 dropped silently.  Exit status: 0 when at least one image was masked, 1 when nothing could
 be processed, 2 for usage errors (missing path, output inside the input tree).
