@@ -1,4 +1,4 @@
-"""Derive the canonical 68-point face shape used by masktheface.geometry.
+"""Derive the canonical 68-point face shape used by masktheface.canonical.
 
 Run once (python tools/mean_shape.py ../shared/data/lfw/lfw-deepfunneled); it prints the
 array that is pasted into masktheface/canonical.py.  Each detected shape is aligned to
@@ -47,7 +47,6 @@ scale = 800.0 / np.linalg.norm(mean[16] - mean[0])
 mean = mean * scale
 mid = (mean[0] + mean[16]) / 2
 mean = mean - mid + np.array([500.0, 400.0])
-mean[:, 0] = (mean[:, 0] + (1000 - mean[::-1, 0][[16-i for i in range(68)]]) ) / 2 if False else mean[:, 0]
 print(len(S), "shapes")
 print("CANONICAL_68 = np.array([")
 for i in range(0, 68, 4):
