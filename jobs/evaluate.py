@@ -32,9 +32,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -726,8 +728,30 @@ def run(cfg: EvaluateConfig) -> dict:
     return metrics
 
 
+def _smoke_argv(argv: list[str]) -> list[str]:
+    """``--smoke-test``: 40 LFW View 2 pairs (both classes, every fold), original x N95,
+    into a temporary folder unless ``--output`` is given; flags given alongside win."""
+    import tempfile
+
+    data = Path(os.environ.get("MASKTHEFACE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    lfw = data / "lfw"
+    if not (lfw / "pairs.txt").is_file():
+        raise SystemExit(f"--smoke-test needs LFW at {lfw} (set MASKTHEFACE_DATA): evaluation "
+                         "needs real faces")
+    defaults = {"--pairs": str(lfw / "pairs.txt"), "--images": str(lfw / "lfw-deepfunneled"),
+                "--output": tempfile.mkdtemp(prefix="evaluate-smoke-"), "--limit-pairs": "40",
+                "--variants": "original,N95"}
+    given = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
+    extra = [x for k, v in defaults.items() if k not in given for x in (k, v)]
+    return extra + argv
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
-    """Command line entry: ``python -m jobs.evaluate ...`` -> the metrics dict."""
+    """Command line entry: ``python -m jobs.evaluate ...`` -> the metrics dict
+    (``--smoke-test``: a tiny end-to-end run on LFW in seconds)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--smoke-test" in argv:
+        argv = _smoke_argv([a for a in argv if a != "--smoke-test"])
     cfg = common.parse_dataclass(EvaluateConfig, argv, prog="python -m jobs.evaluate")
     return run(cfg)
 

@@ -273,3 +273,18 @@ def test_job_reads_mask_dataset_parquet(ray_session, lfw_dir, tmp_path):
     assert m["alignment_methods"] == {"landmarks": m["n_images"]}
     assert m["status_counts"]["cloth"] == {"ok": m["n_images"]}
     assert m["cells"]["original"]["original"]["n_missing"] == 0
+
+
+def test_smoke_test_flag_fills_defaults(tmp_path, monkeypatch):
+    from jobs import evaluate as ev
+
+    monkeypatch.setenv("MASKTHEFACE_DATA", str(tmp_path / "absent"))
+    with pytest.raises(SystemExit, match="needs LFW"):
+        ev._smoke_argv([])
+    lfw = tmp_path / "data" / "lfw"
+    lfw.mkdir(parents=True)
+    (lfw / "pairs.txt").write_text("10 300\n")
+    monkeypatch.setenv("MASKTHEFACE_DATA", str(tmp_path / "data"))
+    argv = ev._smoke_argv(["--output", str(tmp_path / "o"), "--variants=original"])
+    assert argv.count("--output") == 1 and "--variants" not in argv
+    assert argv[argv.index("--pairs") + 1] == str(lfw / "pairs.txt") and "--limit-pairs" in argv
