@@ -580,20 +580,14 @@ def evaluate(
             row["threshold"] = op.threshold
             row["accuracy"] = op.accuracy
             row["accuracy_all"] = (op.tp + op.tn) / n_fold_all
-            for t, lab in zip(far_targets, far_l):
-                op = confusion_at(d_te, y_te, tpr_at_far(train, t).threshold)
-                row[f"tpr@far={lab}"] = op.tpr
-                row[f"acc@far={lab}"] = op.accuracy
-                row[f"far@far={lab}"] = op.far
-                row[f"fdr_paper@far={lab}"] = op.fdr
-                row[f"threshold@far={lab}"] = op.threshold
-            for t, lab in zip(fdr_targets, fdr_l):
-                op = confusion_at(d_te, y_te, tpr_at_fdr(train, t).threshold)
-                row[f"tpr@fdr_paper={lab}"] = op.tpr
-                row[f"acc@fdr_paper={lab}"] = op.accuracy
-                row[f"fdr_paper@fdr_paper={lab}"] = op.fdr
-                row[f"far@fdr_paper={lab}"] = op.far
-                row[f"threshold@fdr_paper={lab}"] = op.threshold
+            # one operating point per target, chosen on the training folds, scored held out
+            for kind, pick, targets, labels in (("far", tpr_at_far, far_targets, far_l),
+                                                ("fdr_paper", tpr_at_fdr, fdr_targets, fdr_l)):
+                for t, lab in zip(targets, labels):
+                    op = confusion_at(d_te, y_te, pick(train, t).threshold)
+                    for name, value in (("tpr", op.tpr), ("acc", op.accuracy), ("far", op.far),
+                                        ("fdr_paper", op.fdr), ("threshold", op.threshold)):
+                        row[f"{name}@{kind}={lab}"] = value
         for key, value in row.items():
             per_fold[key].append(float(value))
 
