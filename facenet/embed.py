@@ -34,6 +34,9 @@ from typing import Protocol, Sequence, runtime_checkable
 import cv2
 import numpy as np
 
+from facenet.metrics import l2_normalize
+from masktheface.geometry import analyse, box_iou, primary_face
+
 log = logging.getLogger(__name__)
 
 #: per-image statuses of :meth:`DlibEmbedder.embed_with_status`
@@ -47,12 +50,10 @@ FIVE_FROM_68 = (45, 42, 36, 39, 33)
 DLIB_MODEL = "dlib_face_recognition_resnet_model_v1.dat"
 
 
-def l2_normalize_rows(x: np.ndarray) -> np.ndarray:
-    """float (N,D) -> float32 (N,D) with unit rows; NaN rows stay NaN, zero rows stay zero."""
-    x = np.asarray(x, np.float32)
-    n = np.linalg.norm(x, axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (x / np.maximum(n, 1e-12)).astype(np.float32)
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    """float (N,D) -> float32 (N,D) unit rows (NaN rows stay NaN, zero rows zero): the
+    project's one normalisation, :func:`facenet.metrics.l2_normalize`, in the contract's dtype."""
+    return l2_normalize(x, axis=1).astype(np.float32)
 
 
 @runtime_checkable
@@ -114,32 +115,6 @@ def _model_path(name: str) -> str:
     # (whose import is broken on setuptools >= 81)
     from masktheface.landmarks import model_path
     return model_path(name)
-
-
-def _iou(a: Sequence[float], b: Sequence[float]) -> float:
-    ax0, ay0, ax1, ay1 = (float(v) for v in a[:4])
-    bx0, by0, bx1, by1 = (float(v) for v in b[:4])
-    iw = max(0.0, min(ax1, bx1) - max(ax0, bx0))
-    ih = max(0.0, min(ay1, by1) - max(ay0, by0))
-    inter = iw * ih
-    union = (ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def primary_face(boxes: Sequence[Sequence[float]], shape: tuple[int, ...]) -> int:
-    """Index of the face to embed among several: the largest box, penalised by its offset
-    from the image centre (davidsandberg/facenet's ``align_dataset_mtcnn`` rule, which suits
-    LFW where the subject is centred and bystanders may be larger)."""
-    h, w = shape[:2]
-    best, best_score = 0, -np.inf
-    for i, b in enumerate(boxes):
-        x0, y0, x1, y1 = (float(v) for v in b[:4])
-        area = (x1 - x0) * (y1 - y0)
-        off = ((x0 + x1) / 2 - w / 2) ** 2 + ((y0 + y1) / 2 - h / 2) ** 2
-        score = area - 2.0 * off
-        if score > best_score:
-            best, best_score = i, score
-    return best
 
 
 class DlibEmbedder:
@@ -220,9 +195,9 @@ class DlibEmbedder:
         ref = np.asarray(self.layout.five, np.float64) * size
         bx = np.asarray(self.layout.box, np.float64) * np.r_[size, size]
         if self.prealigned_detect:
-            found = [f for f in self.analyzer.faces(rgb) if _iou(f.box, bx) >= 0.3]
+            found = [f for f in self.analyzer.faces(rgb) if box_iou(f.box, bx) >= 0.3]
             if found:
-                return max(found, key=lambda f: _iou(f.box, bx)).landmarks, "aligned_detected"
+                return max(found, key=lambda f: box_iou(f.box, bx)).landmarks, "aligned_detected"
         lm = self.analyzer.landmarks(rgb, bx)
         five = lm[list(FIVE_FROM_68)].astype(np.float64)
         M = _similarity(five, ref)
@@ -239,11 +214,13 @@ class DlibEmbedder:
 
     def find_landmarks(self, rgb: np.ndarray) -> tuple[np.ndarray | None, str]:
         """Landmarks of the primary face of a whole image: (lm, "detected"), the fallback box
-        (lm, "centre_box") or (None, "")."""
+        (lm, "centre_box") or (None, "").  The primary face is the library's one rule
+        (:func:`masktheface.geometry.primary_face`: usable geometry, largest and most
+        central), the same face the data-set job crops and the masker masks."""
         faces = self.analyzer.faces(rgb)
-        if faces:
-            f = faces[primary_face([f.box for f in faces], rgb.shape)]
-            return f.landmarks, "detected"
+        i = primary_face(faces, rgb.shape, [analyse(f.landmarks, rgb.shape) for f in faces])
+        if i is not None:
+            return faces[i].landmarks, "detected"
         if self.fallback_box is not None:
             h, w = rgb.shape[:2]
             b = np.asarray(self.fallback_box, np.float64) * np.array([w, h, w, h])
@@ -289,7 +266,7 @@ class DlibEmbedder:
                 v = v + np.asarray(self._rec.compute_face_descriptor(flipped, self.num_jitters), np.float32)
             out.append(v.reshape(len(part), self.dim))
         # dlib's descriptors are near unit length but not exactly; the contract says unit rows
-        return l2_normalize_rows(np.concatenate(out))
+        return _unit_rows(np.concatenate(out))
 
     def embed_with_status(self, images: Sequence[np.ndarray],
                           landmarks: Sequence[np.ndarray | None] | None = None) -> EmbedResult:
@@ -376,7 +353,7 @@ class TorchEmbedder:
                 if self.flip_sum:
                     v = v + self.model(torch.flip(x, dims=[3]))
             emb[idx] = v.float().cpu().numpy()
-        return l2_normalize_rows(emb)
+        return _unit_rows(emb)
 
 
 def load_embedder(model: str, *, prealigned: bool = False, prealigned_detect: bool = True, flip_sum: bool = False,

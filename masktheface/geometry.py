@@ -15,6 +15,7 @@ Where a line misses the contour (odd or partial faces) the nearest landmark stan
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -141,7 +142,51 @@ def analyse(lm: np.ndarray, image_shape: tuple[int, ...] | None = None,
     return FaceGeometry(six, tilt, roll, view, approx)
 
 
-def polygon_area(pts: np.ndarray) -> float:
-    """Signed shoelace area of (N,2) points (positive for counter-clockwise in y-up)."""
-    x, y = pts[:, 0], pts[:, 1]
-    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two boxes (x0, y0, x1, y1, ...); 0 when the union is empty."""
+    ax0, ay0, ax1, ay1 = (float(v) for v in a[:4])
+    bx0, by0, bx1, by1 = (float(v) for v in b[:4])
+    inter = max(0.0, min(ax1, bx1) - max(ax0, bx0)) * max(0.0, min(ay1, by1) - max(ay0, by0))
+    union = (ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter
+    return inter / union if union > 0 else 0.0
+
+
+#: weight of the squared centre offset against the box area in :func:`primary_face`
+CENTRE_WEIGHT = 2.0
+
+
+def primary_face(faces: Sequence[object], shape: tuple[int, ...],
+                 geos: Sequence[FaceGeometry] | None = None) -> int | None:
+    """Index of an image's primary face, or None when no face qualifies.
+
+    The one rule every part of the project uses (the aligned crop and the Parquet
+    box/landmarks of the data-set job, the face evaluation embeds): among the faces whose
+    geometry is usable (``geos[i].status == "ok"``; every face when ``geos`` is None), the
+    one with the highest ``area - CENTRE_WEIGHT * offset**2``, where ``area`` is the box
+    area and ``offset`` the distance of the box centre from the image centre, in pixels.
+
+    * Usable only: the aligned crop is cut from this face and a mask drawn on it, so a
+      failed landmark fit must never be chosen (its crop would be garbage in a training
+      set).  When no face is usable there is no primary face (None), rather than an
+      unusable one.
+    * Centre preference (davidsandberg/facenet's ``align_dataset_mtcnn`` rule): face data
+      sets (LFW, VGGFace2, CASIA) are cropped around their subject, and a bystander can be
+      larger than the subject; a larger face still wins unless it sits far off-centre.
+    * Ties go to the lower index (faces come sorted left to right).
+
+    ``faces``: objects with a ``box`` attribute (:class:`masktheface.landmarks.Face`) or
+    boxes (x0, y0, x1, y1, ...); ``shape``: the image's shape (H, W[, C]).
+    """
+    if geos is not None and len(geos) != len(faces):
+        raise ValueError(f"{len(geos)} geometries for {len(faces)} faces")
+    h, w = shape[:2]
+    best, best_score = None, -np.inf
+    for i, f in enumerate(faces):
+        if geos is not None and geos[i].status != "ok":
+            continue
+        x0, y0, x1, y1 = (float(v) for v in (getattr(f, "box", f))[:4])
+        offset2 = ((x0 + x1) / 2 - w / 2) ** 2 + ((y0 + y1) / 2 - h / 2) ** 2
+        score = (x1 - x0) * (y1 - y0) - CENTRE_WEIGHT * offset2
+        if score > best_score:
+            best, best_score = i, score
+    return best

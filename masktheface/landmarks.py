@@ -22,6 +22,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from .geometry import box_iou
+
 log = logging.getLogger(__name__)
 
 UPSAMPLE_CHOICES = ("auto", "0", "1", "2")
@@ -59,14 +61,6 @@ class Face:
     landmarks: np.ndarray
     score: float
     source: str
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
-    x1, y1 = min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, float(x1 - x0)) * max(0.0, float(y1 - y0))
-    union = float((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1])) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def _to_rect(box: Sequence[float]):
@@ -141,7 +135,7 @@ class FaceAnalyzer:
             return self._run(img, 1)
         h, w = img.shape[:2]
         for box, _ in cands:
-            if any(_iou(box, f[0]) > 0.3 for f in found):
+            if any(box_iou(box, f[0]) > 0.3 for f in found):
                 continue  # a sure face (or a near-duplicate of one)
             bw, bh = box[2] - box[0], box[3] - box[1]
             x0, y0 = int(max(0, box[0] - bw * 0.6)), int(max(0, box[1] - bh * 0.6))
@@ -149,7 +143,7 @@ class FaceAnalyzer:
             crop = np.ascontiguousarray(img[y0:y1, x0:x1])
             for b, sc in self._run(crop, 1):
                 b = b + np.array([x0, y0, x0, y0], np.float32)
-                if not any(_iou(b, f[0]) > 0.3 for f in found):
+                if not any(box_iou(b, f[0]) > 0.3 for f in found):
                     found.append((b, sc))
         return found
 
@@ -209,15 +203,3 @@ class FaceAnalyzer:
                      for b, s in self.detect(rgb, gray)]
         faces.sort(key=lambda f: float(f.box[0]))
         return faces
-
-
-_DEFAULT: dict[tuple, FaceAnalyzer] = {}
-
-
-def get_analyzer(detector: str = "hog", upsample: str | int = "auto",
-                 max_detect_side: int = 800) -> FaceAnalyzer:
-    """A process-wide cached analyzer (the predictor takes ~1.5 s to load)."""
-    key = (detector, str(upsample), int(max_detect_side))
-    if key not in _DEFAULT:
-        _DEFAULT[key] = FaceAnalyzer(detector, upsample, max_detect_side)
-    return _DEFAULT[key]

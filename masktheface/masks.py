@@ -48,21 +48,12 @@ import cv2
 import numpy as np
 
 from .canonical import CANONICAL_68, MESH_HULL
+from .imageio import IMAGE_EXTENSIONS
+from .spec import BUILTIN_TYPES, PLACEMENTS
 
 log = logging.getLogger(__name__)
 
-#: mask types drawn by random sampling
-MASK_TYPES: tuple[str, ...] = ("surgical", "surgical_blue", "surgical_green", "N95", "KN95", "cloth", "gas")
-#: further built-in drawings, only used when asked for by name
-VARIANTS: tuple[str, ...] = ("N95_valve",)
-#: region tools: a flat alpha region (the surgical outline); the renderer fills or inpaints it
-REGION_TYPES: tuple[str, ...] = ("empty", "inpaint")
-#: correct wear; mask pulled below the nose; mask pulled down onto the chin
-PLACEMENTS: tuple[str, ...] = ("correct", "below_nose", "chin")
-#: every name :func:`draw_builtin` accepts
-BUILTIN_NAMES: tuple[str, ...] = MASK_TYPES + VARIANTS + REGION_TYPES
-
-_BY_LOWER = {n.lower(): n for n in BUILTIN_NAMES}
+_BY_LOWER = {n.lower(): n for n in BUILTIN_TYPES}
 
 # -- the canonical frame ------------------------------------------------------------------
 #: canonical box that every drawing is made in (contains MESH_HULL with a margin)
@@ -914,11 +905,11 @@ def canonical_name(name: str) -> str:
     try:
         return _BY_LOWER[str(name).lower()]
     except KeyError:
-        raise ValueError(f"unknown built-in mask {name!r}; known: {', '.join(BUILTIN_NAMES)}") from None
+        raise ValueError(f"unknown built-in mask {name!r}; known: {', '.join(BUILTIN_TYPES)}") from None
 
 
 def is_builtin(name: object) -> bool:
-    """True for the names :func:`draw_builtin` draws (MASK_TYPES, VARIANTS, REGION_TYPES)."""
+    """True for the names :func:`draw_builtin` draws (``spec.BUILTIN_TYPES``, any case)."""
     return isinstance(name, str) and name.lower() in _BY_LOWER
 
 
@@ -1076,7 +1067,6 @@ def _bleed(straight: np.ndarray, alpha: np.ndarray, solid: np.ndarray) -> np.nda
 
 
 # -- MaskTheFace packs ------------------------------------------------------------------------------
-_IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 _ANCHOR_KEYS = tuple(f"mask_{c}" for c in "abcdef")
 #: anchors are homography correspondences, not pixels: they may lie outside their PNG (the
 #: original pack has 8 templates with points up to 12% of the width outside); further out
@@ -1185,7 +1175,7 @@ def load_pack(root: str | os.PathLike) -> MaskPack:
 
     tex_dir = root_p / "textures"
     textures = tuple(sorted(
-        str(p) for p in tex_dir.rglob("*") if p.is_file() and p.suffix.lower() in _IMAGE_EXTS
+        str(p) for p in tex_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
     )) if tex_dir.is_dir() else ()
     log.info("loaded mask pack %s: %d templates, %d textures", root_p, len(templates), len(textures))
     return MaskPack(str(root_p), templates, textures)

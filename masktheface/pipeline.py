@@ -19,14 +19,16 @@ import numpy as np
 
 from . import align, geometry, render
 from .imageio import DecodedImage, ImageDecodeError, decode_image, encode_image, output_for
+from .geometry import primary_face
 from .landmarks import Face, FaceAnalyzer
-from .spec import MaskSpec, RANDOM_TYPES, REGION_TYPES, choose, item_rng, parse_hex
+from .masks import draw_builtin, is_builtin, load_pack, quantise_scale
+from .spec import BUILTIN_TYPES, REGION_TYPES, MaskSpec, choose, parse_hex, variant_rng
 
 log = logging.getLogger(__name__)
 
-#: image-level statuses
+#: image-level statuses (of :class:`MaskResult`, :class:`VariantOutput`, :class:`Processed`)
 STATUSES = ("ok", "no_face", "mask_failed", "decode_error", "too_large", "error")
-#: face-level statuses
+#: face-level statuses (of :class:`FaceResult`)
 FACE_STATUSES = ("ok", "geometry_failed", "warp_failed")
 
 
@@ -87,7 +89,9 @@ class Variant:
 @dataclass(frozen=True)
 class VariantOutput:
     """One output of :meth:`Masker.process`: encoded ``image`` (None when there is nothing
-    honest to write), encoded ``aligned`` crop of the primary face, and the metadata."""
+    honest to write), encoded ``aligned`` crop of the primary face, and the metadata.
+    ``primary``: index into ``faces`` of the primary face (the one ``aligned`` is cut from,
+    see :func:`masktheface.geometry.primary_face`), None when no face is usable."""
 
     variant: str
     status: str
@@ -98,6 +102,12 @@ class VariantOutput:
     height: int
     faces: tuple[FaceResult, ...]
     alpha: np.ndarray | None = field(default=None, repr=False)
+    primary: int | None = None
+
+    @property
+    def primary_face(self) -> FaceResult | None:
+        """The primary face's result (box, landmarks, spec drawn), or None."""
+        return None if self.primary is None else self.faces[self.primary]
 
     @property
     def specs(self) -> tuple[MaskSpec | None, ...]:
@@ -106,7 +116,9 @@ class VariantOutput:
 
 @dataclass(frozen=True)
 class Processed:
-    """Everything :meth:`Masker.process` made of one input."""
+    """Everything :meth:`Masker.process` made of one input.  ``primary``: index of the
+    primary face among the ``n_faces`` found (the same in every output's ``faces``), None
+    when no face is usable."""
 
     key: str
     status: str
@@ -114,11 +126,7 @@ class Processed:
     outputs: tuple[VariantOutput, ...]
     n_faces: int
     seconds: float
-
-
-def _quantise_scale(s: float) -> float:
-    # art is cached per scale: quarter-octave steps keep resampling within ~9% of 1:1
-    return float(2.0 ** (round(np.log2(max(s, 1e-3)) * 4) / 4))
+    primary: int | None = None
 
 
 class Masker:
@@ -129,7 +137,6 @@ class Masker:
         self.analyzer = analyzer or FaceAnalyzer(config.detector, config.upsample, config.max_detect_side)
         self.pack = None
         if config.pack:
-            from .masks import load_pack
             self.pack = load_pack(config.pack)
         self._styled = lru_cache(maxsize=256)(self._styled_uncached)
 
@@ -145,7 +152,7 @@ class Masker:
 
     # -- art -----------------------------------------------------------------------------
     def available_types(self) -> tuple[str, ...]:
-        names = list(RANDOM_TYPES) + list(REGION_TYPES)
+        names = list(BUILTIN_TYPES)
         if self.pack is not None:
             names += [n for n in self.pack.templates if not n.endswith(("_left", "_right"))]
         return tuple(dict.fromkeys(names))
@@ -158,8 +165,6 @@ class Masker:
 
     def _styled_uncached(self, spec: MaskSpec, view: str, scale: float):
         """-> (kind, bgra uint8, origin/anchors, scale).  kind "mesh" or "homography"."""
-        from .masks import draw_builtin, is_builtin
-
         color = parse_hex(spec.color) if spec.color else None
         tex = self._texture(spec.texture)
         # a loaded pack's templates win over built-ins of the same name: whoever brings a
@@ -193,7 +198,9 @@ class Masker:
             return result("geometry_failed", geo.error)
         face_w = float(np.linalg.norm(face.landmarks[16] - face.landmarks[0]))
         try:
-            kind, bgra, ref, scale = self._styled(spec, geo.view, _quantise_scale(face_w / 800.0))
+            # art is cached per scale: one ladder of scales (masks.quantise_scale) keeps both
+            # this cache and the drawing cache small
+            kind, bgra, ref, scale = self._styled(spec, geo.view, quantise_scale(max(face_w, 1e-3) / 800.0))
             if kind == "mesh":
                 warped = render.warp_mesh(bgra, ref, scale, face.landmarks, image.shape)
             else:
@@ -259,9 +266,12 @@ class Masker:
                 keep_alpha: bool = False) -> Processed:
         """Encoded bytes -> one VariantOutput per requested variant; never raises.
 
-        Randomness per variant comes from ``item_rng(seed, key, variant_index)``.  The aligned
-        crop (``aligned`` 160 or 112) uses the unmasked landmarks of the largest face, with the
-        same transform for every variant.
+        Randomness per variant comes from :func:`masktheface.spec.variant_rng` (seed, key and
+        the variant's name), so a variant's output does not depend on the others asked for.
+        The primary face is chosen by :func:`masktheface.geometry.primary_face` (its index is
+        ``Processed.primary`` and every output's ``primary``); the aligned crop (``aligned``
+        160 or 112) is cut around its unmasked landmarks, with the same transform for every
+        variant.
         """
         t0 = time.perf_counter()
 
@@ -278,28 +288,23 @@ class Masker:
             h, w = bgr.shape[:2]
             faces = self.find_faces(bgr, boxes, landmarks, dec.gray)
             geos = [geometry.analyse(f.landmarks, bgr.shape) for f in faces]
-            usable = [f for f, g in zip(faces, geos) if g.status == "ok"]
+            primary = primary_face(faces, bgr.shape, geos)
             M = None
-            if aligned and usable:
-                # the primary face is the largest one whose landmarks are plausible: a crop
-                # from a failed fit would be garbage in a training set
-                primary = max(usable, key=lambda f: float((f.box[2] - f.box[0]) * (f.box[3] - f.box[1])))
-                M = align.align_transform(primary.landmarks, int(aligned))
-            outs = []
-            for vi, variant in enumerate(variants):
-                outs.append(self._variant(dec, faces, geos, variant, item_rng(seed, key, vi), M, aligned,
-                                          fmt, quality, keep_alpha))
+            if aligned and primary is not None:
+                M = align.align_transform(faces[primary].landmarks, int(aligned))
+            outs = [self._variant(dec, faces, geos, v, variant_rng(seed, key, v.name), M, aligned, fmt, quality,
+                                  keep_alpha, primary) for v in variants]
             status = "ok" if any(o.status == "ok" for o in outs) else outs[0].status if outs else "ok"
             errors = sorted({o.error for o in outs if o.error})
             return Processed(key, status, "; ".join(errors) or None, tuple(outs), len(faces),
-                             time.perf_counter() - t0)
+                             time.perf_counter() - t0, primary)
         except Exception as e:  # last line of defence: a bug becomes a row, not a dead job
             log.exception("processing %s failed", key)
             return failed("error", f"{type(e).__name__}: {e}")
 
     def _variant(self, dec: DecodedImage, faces: Sequence[Face], geos: Sequence[geometry.FaceGeometry],
                  variant: Variant, rng: np.random.Generator, M: np.ndarray | None, aligned: int | None,
-                 fmt: str, quality: int, keep_alpha: bool) -> VariantOutput:
+                 fmt: str, quality: int, keep_alpha: bool, primary: int | None) -> VariantOutput:
         h, w = dec.bgr.shape[:2]
         if not variant.specs:
             img, alpha = dec.bgr, None
@@ -318,10 +323,10 @@ class Masker:
             img, alpha, face_results, status, error = res.image, res.alpha, res.faces, res.status, res.error
         if status in ("no_face", "mask_failed") and variant.specs:
             # nothing honest to write: an unmasked image labelled "masked" would poison a data set
-            return VariantOutput(variant.name, status, error, None, None, w, h, face_results)
+            return VariantOutput(variant.name, status, error, None, None, w, h, face_results, None, primary)
         out = output_for(dec, img)
         crop = None
         if M is not None:
             crop = encode_image(align.warp_crop(out, M, int(aligned)), fmt, quality)
         return VariantOutput(variant.name, status, error, encode_image(out, fmt, quality), crop, w, h,
-                             face_results, alpha if keep_alpha else None)
+                             face_results, alpha if keep_alpha else None, primary)

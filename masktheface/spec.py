@@ -11,18 +11,24 @@ from __future__ import annotations
 
 import re
 import zlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
-#: types drawn when the user asks for "random"
-RANDOM_TYPES = ("surgical", "surgical_blue", "surgical_green", "N95", "KN95", "cloth", "gas")
-#: region tools: valid only when named explicitly
-REGION_TYPES = ("empty", "inpaint")
-PLACEMENTS = ("correct", "below_nose", "chin")
-_ALIASES = {"surgical_white": "surgical", "n95": "N95", "kn95": "KN95", "white": "surgical",
-            "blue": "surgical_blue", "green": "surgical_green"}
+# The one definition of the mask names (masks.py, the CLI and the jobs import them from here).
+#: built-in types drawn when the user asks for "random"
+RANDOM_TYPES: tuple[str, ...] = ("surgical", "surgical_blue", "surgical_green", "N95", "KN95", "cloth", "gas")
+#: further built-in drawings, used only when named
+EXTRA_TYPES: tuple[str, ...] = ("N95_valve",)
+#: region tools (a flat alpha region the renderer fills or inpaints): valid only when named
+REGION_TYPES: tuple[str, ...] = ("empty", "inpaint")
+#: every built-in name, in its canonical spelling
+BUILTIN_TYPES: tuple[str, ...] = RANDOM_TYPES + EXTRA_TYPES + REGION_TYPES
+#: correct wear; mask pulled below the nose; mask pulled down onto the chin
+PLACEMENTS: tuple[str, ...] = ("correct", "below_nose", "chin")
+_ALIASES = {"surgical_white": "surgical", "white": "surgical", "blue": "surgical_blue", "green": "surgical_green",
+            **{n.lower(): n for n in BUILTIN_TYPES}}
 _HEX = re.compile(r"^#?([0-9a-fA-F]{6}|[0-9a-fA-F]{3})$")
 
 
@@ -80,8 +86,11 @@ class MaskSpec:
 
 
 def normalise_type(name: str) -> str:
+    """A type name as typed -> its canonical spelling (built-ins and aliases are matched
+    case-insensitively, e.g. ``n95_valve`` -> ``N95_valve``); other names (pack templates)
+    are returned stripped but otherwise unchanged."""
     name = name.strip()
-    return _ALIASES.get(name.lower(), _ALIASES.get(name, name))
+    return _ALIASES.get(name.lower(), name)
 
 
 def parse_entry(entry: str, *, color_weight: float = 0.5, texture_weight: float = 0.5,
@@ -119,15 +128,33 @@ def parse_code(code: str, **kw) -> tuple[MaskSpec, ...]:
 
 
 def item_rng(seed: int, key: str, *extra: int) -> np.random.Generator:
-    """A generator seeded from the run seed and an item's key (and e.g. a variant index), so a
-    rerun or a retried task draws the same numbers for the same item on any machine."""
-    return np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(key.encode("utf-8")), *extra])
+    """A generator seeded from the run seed, an item's key and optional stream numbers, so a
+    rerun or a retried task draws the same numbers for the same item on any machine.  Prefer
+    the named streams :func:`variant_rng` and :func:`draw_rng`."""
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, _crc(key), *extra])
+
+
+def _crc(text: str) -> int:
+    return zlib.crc32(text.encode("utf-8"))
+
+
+def variant_rng(seed: int, key: str, variant: str) -> np.random.Generator:
+    """The randomness of one output variant of one item (which spec each face draws).
+
+    Derived from the variant's *name*, never its position among the variants asked for, so
+    the same seed, key and variant give the same mask in the CLI, the data-set job and the
+    evaluation, whatever other variants run beside it.
+    """
+    return item_rng(seed, key, _crc(variant))
+
+
+def draw_rng(seed: int, key: str, purpose: str) -> np.random.Generator:
+    """A per-item stream for a draw that is not a variant's own, named by ``purpose`` (e.g.
+    ``"mixed"``: which one mask type an image gets when one is drawn out of several).
+    Independent of :func:`variant_rng` streams (the purpose is prefixed with ``draw:``)."""
+    return item_rng(seed, key, _crc("draw:" + purpose))
 
 
 def choose(specs: Sequence[MaskSpec], rng: np.random.Generator) -> MaskSpec:
     """Uniform draw of one spec."""
     return specs[int(rng.integers(len(specs)))] if len(specs) > 1 else specs[0]
-
-
-def with_type(spec: MaskSpec, mask_type: str) -> MaskSpec:
-    return replace(spec, mask_type=mask_type)

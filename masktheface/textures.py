@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 PATTERNS: tuple[str, ...] = ("checks", "stripes", "dots", "houndstooth", "camo", "floral")
 
 Color = Union[str, Sequence[int], Sequence[float]]
-_IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 # Natural palettes, BGR.  The first is each pattern's default.
 _PALETTES: dict[str, list[list[tuple[int, int, int]]]] = {

@@ -16,8 +16,7 @@ from facenet.embed import (  # noqa: E402
     Embedder,
     FIVE_FROM_68,
     TorchEmbedder,
-    l2_normalize_rows,
-    primary_face,
+    _unit_rows,
 )
 
 # First same and different pairs of LFW View 2, fold 1 (pairs.txt lines 2-4 and 302-304).
@@ -43,18 +42,27 @@ def _read(root, key):
 def test_protocol_and_normalisation():
     assert isinstance(DlibEmbedder.__new__(DlibEmbedder), Embedder)
     x = np.array([[3.0, 4.0], [0.0, 0.0], [np.nan, 1.0]])
-    y = l2_normalize_rows(x)
+    y = _unit_rows(x)
     assert y.dtype == np.float32
     np.testing.assert_allclose(y[0], [0.6, 0.8], rtol=1e-6)
     assert (y[1] == 0).all() and np.isnan(y[2]).all()
 
 
-def test_primary_face_prefers_centred_over_larger_bystander():
-    shape = (250, 250, 3)
-    centred = (90, 90, 160, 160)          # 70 px, in the middle
-    bystander = (0, 0, 90, 90)            # 90 px, in the corner
-    assert primary_face([bystander, centred], shape) == 1
-    assert primary_face([centred], shape) == 0
+def test_embeds_the_library_primary_face(embedder, photos_dir):
+    # one rule: the face embedded is the one the masker crops (masktheface.geometry.primary_face)
+    from masktheface.geometry import analyse, primary_face
+    from masktheface.pipeline import Masker, Variant
+
+    data = (photos_dir / "two_people.jpg").read_bytes()
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    lm, method = embedder.find_landmarks(rgb)
+    faces = embedder.analyzer.faces(rgb)
+    i = primary_face(faces, rgb.shape, [analyse(f.landmarks, rgb.shape) for f in faces])
+    assert method == "detected" and len(faces) == 2 and np.array_equal(lm, faces[i].landmarks)
+    p = Masker(analyzer=embedder.analyzer).process(data, "two_people.jpg", [Variant("original")], aligned=160)
+    assert p.primary == i and p.outputs[0].primary == i
+    np.testing.assert_allclose(p.outputs[0].primary_face.landmarks, lm)
 
 
 def test_embedding_shape_norm_determinism(embedder, lfw_images_dir):

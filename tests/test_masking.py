@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import glob
-import os
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -11,10 +9,13 @@ import pytest
 
 from masktheface.imageio import decode_image, encode_image
 from masktheface.pipeline import Masker, MaskerConfig, Variant
+from masktheface import align, geometry
+from masktheface.datadir import DATA_HINT, shared_data
+from masktheface.geometry import primary_face
 from masktheface.spec import RANDOM_TYPES, MaskSpec, item_rng
 
-DATA = Path(os.environ.get("MASKTHEFACE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-needs_data = pytest.mark.skipif(not (DATA / "lfw").is_dir(), reason=f"real faces not found at {DATA}")
+DATA = shared_data()
+needs_data = pytest.mark.skipif(DATA is None or not (DATA / "lfw").is_dir(), reason=f"real faces not found ({DATA_HINT})")
 
 NOSE_TIP, MOUTH, CHIN = [30, 33], [48, 51, 54, 57, 62, 66], [8]
 EYES = list(range(36, 48))
@@ -143,6 +144,40 @@ def test_process_is_deterministic_and_seeded(masker):
     per_image = [tuple(f.spec.mask_type for f in masker.process(data, "k", [one], seed=s).outputs[0].faces)
                  for s in range(6)]
     assert all(len(set(t)) == 1 for t in per_image) and len({t[0] for t in per_image}) > 1
+
+
+@needs_data
+def test_variant_output_does_not_depend_on_the_other_variants(masker):
+    # the randomness of a variant comes from its name, not its position in the list
+    data = (DATA / "photos/two_people.jpg").read_bytes()
+    a = Variant("masked", tuple(MaskSpec(t) for t in RANDOM_TYPES))
+    b = Variant("other", tuple(MaskSpec(t) for t in RANDOM_TYPES))
+    drawn = set()
+    for seed in range(4):
+        alone = masker.process(data, "k/two_people.jpg", [a], seed=seed, aligned=112).outputs[0]
+        after = masker.process(data, "k/two_people.jpg", [b, Variant("original"), a], seed=seed,
+                               aligned=112).outputs[2]
+        assert alone.variant == after.variant == "masked"
+        assert alone.image == after.image and alone.aligned == after.aligned
+        assert alone.specs == after.specs
+        drawn.add(alone.specs)
+    assert len(drawn) > 1  # the draw really is random (so the check above means something)
+
+
+@needs_data
+def test_primary_face_is_the_aligned_one(masker):
+    for name in ("two_people.jpg", "obama.jpg"):
+        data = (DATA / "photos" / name).read_bytes()
+        p = masker.process(data, name, [Variant("original"), Variant("N95", (MaskSpec("N95"),))],
+                           aligned=160, fmt="png")
+        assert p.primary is not None
+        for o in p.outputs:
+            assert o.primary == p.primary and o.primary_face is o.faces[p.primary]
+        bgr = decode_image(data).bgr
+        faces = masker.find_faces(bgr)
+        assert p.primary == primary_face(faces, bgr.shape, [geometry.analyse(f.landmarks, bgr.shape) for f in faces])
+        want = align.warp_crop(bgr, align.align_transform(faces[p.primary].landmarks, 160), 160)
+        assert np.array_equal(decode_image(p.outputs[0].aligned).bgr, want)
 
 
 @needs_data

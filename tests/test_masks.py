@@ -11,12 +11,15 @@ import pytest
 from masktheface import masks as M
 from masktheface import textures as T
 from masktheface.canonical import CANONICAL_68, MESH_HULL
+from masktheface.datadir import shared_data
+from masktheface.spec import BUILTIN_TYPES, EXTRA_TYPES, PLACEMENTS, RANDOM_TYPES, REGION_TYPES
 
 SCALES = (0.125, 0.25)
-PACK = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "masktheface_templates" / "masks"
-needs_pack = pytest.mark.skipif(not (PACK / "masks.cfg").is_file(), reason=f"MaskTheFace pack not found at {PACK}")
+PACK = shared_data("masktheface_templates", "masks")
+needs_pack = pytest.mark.skipif(PACK is None or not (PACK / "masks.cfg").is_file(),
+                                reason="MaskTheFace pack not found in the shared data (masktheface_templates/masks)")
 
-ALL = [(n, p) for n in M.BUILTIN_NAMES for p in M.PLACEMENTS]
+ALL = [(n, p) for n in BUILTIN_TYPES for p in PLACEMENTS]
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +78,7 @@ def test_art_is_well_formed(name: str, placement: str, scale: float) -> None:
         assert 0 <= u < w and 0 <= v < h and cov[v, u] > 0, (name, placement, p)
 
 
-@pytest.mark.parametrize("name", M.BUILTIN_NAMES)
+@pytest.mark.parametrize("name", BUILTIN_TYPES)
 def test_art_is_centred_and_consistent_across_scales(name: str) -> None:
     """Pixel (u,v) <-> origin + (u,v)/scale: the alpha centroid in canonical units is on the
     symmetry line x=500 and does not move with the scale."""
@@ -92,7 +95,7 @@ def test_art_is_centred_and_consistent_across_scales(name: str) -> None:
     assert np.ptp(cents[:, 1]) < 6.0
 
 
-@pytest.mark.parametrize("name", M.MASK_TYPES + M.VARIANTS)
+@pytest.mark.parametrize("name", RANDOM_TYPES + EXTRA_TYPES)
 def test_masks_cover_nose_mouth_chin_not_eyes(name: str) -> None:
     lm = CANONICAL_68
     eyes = lm[36:48]
@@ -139,8 +142,8 @@ def test_no_dark_fringe() -> None:
 
 
 def test_region_types_are_the_surgical_outline() -> None:
-    for name in M.REGION_TYPES:
-        for placement in M.PLACEMENTS:
+    for name in REGION_TYPES:
+        for placement in PLACEMENTS:
             region = M.draw_builtin(name, placement, 0.25)
             surgical = M.draw_builtin("surgical", placement, 0.25)
             assert np.all(region.fabric[region.bgra[..., 3] > 0] == 255)
@@ -172,7 +175,7 @@ def test_names_and_errors() -> None:
     assert M.is_builtin("surgical") and M.is_builtin("n95") and M.is_builtin("N95_valve")
     assert M.is_builtin("empty") and not M.is_builtin("bandana") and not M.is_builtin(None)
     assert M.draw_builtin("kn95").name == "KN95"
-    assert set(M.MASK_TYPES).isdisjoint(M.REGION_TYPES)
+    assert set(RANDOM_TYPES).isdisjoint(REGION_TYPES)
     with pytest.raises(ValueError, match="unknown built-in"):
         M.draw_builtin("bandana")
     with pytest.raises(ValueError, match="placement"):

@@ -14,7 +14,8 @@ import cv2
 import numpy as np
 
 from masktheface.canonical import CANONICAL_68, MESH_HULL
-from masktheface.masks import BUILTIN_NAMES, PLACEMENTS, draw_builtin, quantise_scale
+from masktheface.masks import draw_builtin, quantise_scale
+from masktheface.spec import BUILTIN_TYPES, PLACEMENTS
 from masktheface.textures import PATTERNS, pattern
 
 log = logging.getLogger("preview_masks")
@@ -59,7 +60,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--scale", type=float, default=0.4)
     ap.add_argument("--out", default="/tmp/masks_contact.png")
-    ap.add_argument("--types", default=",".join(BUILTIN_NAMES))
+    ap.add_argument("--types", default=",".join(BUILTIN_TYPES))
     ap.add_argument("--no-anchors", action="store_true")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
