@@ -30,8 +30,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-DATA = Path(os.environ.get("MASKTHEFACE_DATA") or ROOT.parent / "shared" / "data")
-LFW = DATA / "lfw"
+from masktheface.datadir import DATA_HINT, shared_data  # noqa: E402
+
+LFW = shared_data("lfw") or Path("lfw-not-found")
 
 
 def plain(keys, variants, batch) -> tuple[float, float]:
@@ -72,7 +73,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if not LFW.exists():
-        sys.exit(f"LFW not found at {LFW} (set MASKTHEFACE_DATA)")
+        sys.exit(f"LFW not found at {LFW} ({DATA_HINT})")
     import ray
 
     from facenet.pairs import read_pairs, unique_images

@@ -47,8 +47,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("MASKTHEFACE_DATA") or ROOT.parent / "shared" / "data")
-LFW = DATA / "lfw" / "lfw-deepfunneled"
+sys.path.insert(0, str(ROOT))
+from masktheface.datadir import DATA_HINT, shared_data  # noqa: E402
+
+LFW = shared_data("lfw", "lfw-deepfunneled") or Path("lfw-not-found")
 DATASETS = {"VGGFace2": 3_310_000, "CASIA-WebFace": 494_000}
 CORES = (16, 64, 256)
 
@@ -242,7 +244,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(plain_child(args.child_plain, args.recipe, args.seed, aligned)))
         return {}
     if not LFW.is_dir():
-        print(f"LFW not found at {LFW} (set MASKTHEFACE_DATA)", file=sys.stderr)
+        print(f"LFW not found at {LFW} ({DATA_HINT})", file=sys.stderr)
         sys.exit(2)
     work = Path(tempfile.mkdtemp(prefix="bench_mask_dataset_"))
     keys = pick_images(args.images)

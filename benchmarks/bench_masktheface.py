@@ -32,7 +32,9 @@ from masktheface.landmarks import model_path  # noqa: E402
 from masktheface.pipeline import Masker, MaskerConfig, Variant  # noqa: E402
 from masktheface.spec import MaskSpec  # noqa: E402
 
-DATA = Path(os.environ.get("MASKTHEFACE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+from masktheface.datadir import DATA_HINT, shared_data  # noqa: E402
+
+DATA = shared_data() or Path("shared-data-not-found")
 PACK = DATA / "masktheface_templates" / "masks"
 VARIANT = [Variant("surgical_blue", (MaskSpec("surgical_blue"),))]
 
@@ -116,7 +118,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     if not PACK.is_dir():
-        sys.exit(f"needs ../shared/data (not found at {DATA})")
+        sys.exit(f"needs the shared data sets ({DATA_HINT})")
     files = sorted(glob.glob(str(DATA / "lfw" / "lfw-deepfunneled" / "*" / "*.jpg")))
     files = files[:: max(1, len(files) // args.n)][: args.n]
     datas = [Path(f).read_bytes() for f in files]

@@ -32,7 +32,7 @@ def data_candidates() -> tuple[Path, ...]:
     return tuple(dict.fromkeys(p.resolve() for p in (beside_checkout, beside_cwd)))
 
 
-def shared_data(*parts: str, required: bool = False) -> Path | None:
+def shared_data(*parts: str | os.PathLike, required: bool = False) -> Path | None:
     """The data folder (or ``<data>/<parts...>``) as an absolute path, or None when absent.
 
     ``required=True`` raises FileNotFoundError naming where it looked instead of returning

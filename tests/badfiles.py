@@ -24,6 +24,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from masktheface.datadir import shared_data
+
 #: the face used for the "ok" files, relative to the shared data folder
 SOURCE_RELPATH = Path("lfw/lfw-deepfunneled/George_W_Bush/George_W_Bush_0001.jpg")
 
@@ -45,18 +47,10 @@ NO_FACE = frozenset({"no_face.jpg"})
 FACE_UNCERTAIN = frozenset({"1bit.png"})
 
 
-def shared_data_dir() -> Path:
-    """The shared data folder: $MASKTHEFACE_DATA, else <repo>/../shared/data."""
-    env = os.environ.get("MASKTHEFACE_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
 def default_source() -> Path | None:
     """The real face photo used for the corpus, or None when the data is absent."""
-    p = shared_data_dir() / SOURCE_RELPATH
-    return p if p.is_file() else None
+    p = shared_data(SOURCE_RELPATH)
+    return p if p is not None and p.is_file() else None
 
 
 def synthetic_face(size: int = 250) -> np.ndarray:

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from masktheface.cli import main
+from masktheface.datadir import DATA_HINT, shared_data
 
-DATA = Path(os.environ.get("MASKTHEFACE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-needs_data = pytest.mark.skipif(not (DATA / "lfw").is_dir(), reason=f"real faces not found at {DATA}")
+DATA = shared_data()
+needs_data = pytest.mark.skipif(DATA is None or not (DATA / "lfw").is_dir(), reason=f"real faces not found ({DATA_HINT})")
 
 
 @pytest.fixture()

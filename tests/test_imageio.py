@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile, ImageOps, features
 
+from masktheface.datadir import DATA_HINT
 from masktheface.imageio import (
     ERROR_CODES,
     IMAGE_EXTENSIONS,
@@ -34,7 +35,7 @@ except ImportError:  # pragma: no cover
 SOURCE = badfiles.default_source()
 needs_data = pytest.mark.skipif(
     SOURCE is None,
-    reason=f"shared data not found at {badfiles.shared_data_dir()} (set MASKTHEFACE_DATA)")
+    reason=f"{badfiles.SOURCE_RELPATH} not found in the shared data ({DATA_HINT})")
 
 
 @pytest.fixture(scope="module")
