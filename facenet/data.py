@@ -63,9 +63,14 @@ def face_crop(bgr: np.ndarray, landmarks: np.ndarray, alignment: str, size: int)
 
     ``dlib_chip`` matches ``facenet.embed.DlibEmbedder.chip`` (the same dlib call), so the
     torch port of dlib's network sees exactly the chips dlib's own network saw."""
+    return face_crop_rgb(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), landmarks, alignment, size)
+
+
+def face_crop_rgb(rgb: np.ndarray, landmarks: np.ndarray, alignment: str, size: int) -> np.ndarray:
+    """:func:`face_crop` on an RGB image.  ``dlib_chip`` also takes dlib's five points (5,2);
+    the other alignments need the 68."""
     from masktheface import align
-    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    lm = np.asarray(landmarks, np.float32).reshape(68, 2)
+    lm = np.asarray(landmarks, np.float32).reshape(-1, 2)
     if alignment == "dlib_chip":
         import dlib
         return dlib.get_face_chip(np.ascontiguousarray(rgb), _dlib_detection(lm), size=size, padding=0.25)

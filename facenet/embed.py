@@ -288,80 +288,70 @@ class DlibEmbedder:
         return self.embed_with_status(images, landmarks).embeddings
 
 
-class TorchEmbedder:
-    """Adapter for our FaceNet checkpoint (a later issue trains it).
+class TorchEmbedder(DlibEmbedder):
+    """Any :mod:`facenet.model` network: a FaceNet checkpoint (path or URI, e.g. the
+    ``model.pt`` that ``jobs.train_facenet`` exports) or ``"dlib-torch"``, dlib's ResNet
+    rebuilt in PyTorch with dlib's own weights (GPU-capable; dlib-bin has no CUDA).
 
-    Contract expected of ``facenet.model``: a function ``load_checkpoint(path, map_location)``
-    returning a ``torch.nn.Module`` that maps float32 (N,3,160,160) RGB in [-1, 1]
-    (``(x - 127.5) / 128``) to (N, D) embeddings.  Faces are cut as 160x160 crops with
-    ``masktheface.align`` from the given landmarks (the unmasked ones for masked twins), or
-    taken as they are when ``prealigned``.  Raises a clear error until that module exists.
-    """
+    Faces are found exactly as :class:`DlibEmbedder` finds them (given landmarks, the
+    library's primary face, the fallback box, the pre-aligned layout); only the crop and
+    the network differ: each model gets the crop it was trained on
+    (:func:`facenet.data.alignment_for`: dlib's chip, the 160 px FaceNet square or the
+    112 px five-point crop) from the *unmasked* landmarks.  Batches run on CUDA when
+    present."""
 
-    name = "facenet"
-
-    def __init__(self, checkpoint: str, *, device: str | None = None, prealigned: bool = False,
-                 flip_sum: bool = False, image_size: int = 160, batch_size: int = 128) -> None:
-        try:
-            from facenet import model as fmodel  # written by the training issue
-        except ImportError as e:
-            raise RuntimeError(
-                f"cannot load FaceNet checkpoint {checkpoint!r}: the module facenet.model is not "
-                f"available yet ({e}); use --model dlib until the FaceNet model is trained") from e
-        if not hasattr(fmodel, "load_checkpoint"):
-            raise RuntimeError("facenet.model has no load_checkpoint(path, map_location) -> nn.Module; "
-                               "TorchEmbedder needs it to load " + repr(checkpoint))
-        if not os.path.exists(checkpoint) and "://" not in checkpoint:
-            raise FileNotFoundError(f"checkpoint {checkpoint!r} not found")
+    def __init__(self, model: str, *, device: str | None = None, batch_size: int = 64, **kw) -> None:
         import torch
 
+        from facenet import model as fmodel
+        from facenet.data import alignment_for
+
+        super().__init__(batch_size=batch_size, **kw)
         self._torch = torch
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = fmodel.load_checkpoint(checkpoint, map_location=self.device).eval().to(self.device)
-        self.prealigned = bool(prealigned)
-        self.flip_sum = bool(flip_sum)
-        self.image_size = int(image_size)
-        self.batch_size = int(batch_size)
-        with torch.no_grad():
-            probe = torch.zeros(1, 3, image_size, image_size, device=self.device)
-            self.dim = int(self.model(probe).shape[-1])
+        if model == "dlib-torch":
+            net = fmodel.build_model("dlib_resnet", pretrained=True)
+        else:
+            net = fmodel.load_checkpoint(model, map_location=self.device)
+        self.net = net.eval().to(self.device)
+        self.name = "dlib_resnet_torch" if model == "dlib-torch" else f"{net.arch}:{os.path.basename(str(model))}"
+        self.dim = int(net.embedding_dim)
+        self.alignment = alignment_for(net.arch)
+        self.chip_size = int(net.input_size)
 
-    def _crop(self, bgr: np.ndarray, landmarks: np.ndarray | None) -> np.ndarray | None:
-        from masktheface import align
-        if landmarks is None:
-            if not self.prealigned:
-                return None
-            return cv2.resize(bgr, (self.image_size, self.image_size), interpolation=cv2.INTER_AREA)
+    def chip(self, rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+        """uint8 RGB image + landmarks -> uint8 (S,S,3) RGB crop in the model's alignment."""
+        from facenet.data import face_crop_rgb
         lm = np.asarray(landmarks, np.float32)
-        if lm.shape != (68, 2):
-            return None
-        return align.warp_crop(bgr, align.transform_160(lm, self.image_size), self.image_size)
+        if lm.shape != (68, 2) and self.alignment != "dlib_chip":
+            # five fixed points of a pre-aligned crop: the crop is the face already
+            return cv2.resize(rgb, (self.chip_size, self.chip_size), interpolation=cv2.INTER_AREA)
+        return face_crop_rgb(rgb, lm, self.alignment, self.chip_size)
 
-    def embed(self, images: Sequence[np.ndarray],
-              landmarks: Sequence[np.ndarray | None] | None = None) -> np.ndarray:
+    def embed_chips(self, chips: Sequence[np.ndarray]) -> np.ndarray:
+        """uint8 (S,S,3) RGB crops -> float32 (N,D) unit rows (flip-sum when asked)."""
         torch = self._torch
-        n = len(images)
-        crops = [self._crop(images[i], None if landmarks is None else landmarks[i]) for i in range(n)]
-        emb = np.full((n, self.dim), np.nan, np.float32)
-        ok = [i for i, c in enumerate(crops) if c is not None]
-        for s in range(0, len(ok), self.batch_size):
-            idx = ok[s:s + self.batch_size]
-            x = np.stack([cv2.cvtColor(crops[i], cv2.COLOR_BGR2RGB) for i in idx]).astype(np.float32)
-            x = torch.from_numpy((x - 127.5) / 128.0).permute(0, 3, 1, 2).to(self.device)
+        if len(chips) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        out = []
+        for i in range(0, len(chips), self.batch_size):
+            x = np.stack(chips[i:i + self.batch_size]).astype(np.float32).transpose(0, 3, 1, 2)
+            t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
             with torch.no_grad():
-                v = self.model(x)
+                v = self.net(t)
                 if self.flip_sum:
-                    v = v + self.model(torch.flip(x, dims=[3]))
-            emb[idx] = v.float().cpu().numpy()
-        return _unit_rows(emb)
+                    v = v + self.net(torch.flip(t, dims=[3]))
+            out.append(v.float().cpu().numpy())
+        return _unit_rows(np.concatenate(out))
 
 
 def load_embedder(model: str, *, prealigned: bool = False, prealigned_detect: bool = True, flip_sum: bool = False,
                   fallback_box: tuple[float, ...] | None = None, device: str | None = None,
                   analyzer=None) -> Embedder:
-    """``"dlib"`` -> :class:`DlibEmbedder`; anything else is a FaceNet checkpoint path/URI.
-    ``analyzer``: a ``masktheface.landmarks.FaceAnalyzer`` to share (dlib only)."""
+    """``"dlib"`` -> :class:`DlibEmbedder`; ``"dlib-torch"`` or a FaceNet checkpoint path/URI
+    -> :class:`TorchEmbedder`.  ``analyzer``: a ``masktheface.landmarks.FaceAnalyzer`` to share."""
+    kw = dict(prealigned=prealigned, prealigned_detect=prealigned_detect, flip_sum=flip_sum,
+              fallback_box=fallback_box, analyzer=analyzer)
     if model == "dlib":
-        return DlibEmbedder(prealigned=prealigned, prealigned_detect=prealigned_detect, flip_sum=flip_sum,
-                            fallback_box=fallback_box, analyzer=analyzer)
-    return TorchEmbedder(model, device=device, prealigned=prealigned, flip_sum=flip_sum)
+        return DlibEmbedder(**kw)
+    return TorchEmbedder(model, device=device, **kw)

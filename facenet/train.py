@@ -125,16 +125,6 @@ def build_for_training(cfg: TrainConfig) -> nn.Module:
     return net
 
 
-def _frozen_bn_eval(model: nn.Module) -> None:
-    """Keep batch-norm layers whose parameters are all frozen in eval mode, so fine-tuning
-    the head does not drift the frozen body's running statistics."""
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            ps = list(m.parameters(recurse=False))
-            if ps and not any(p.requires_grad for p in ps):
-                m.eval()
-
-
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
                labels: torch.Tensor, cfg: TrainConfig, *, lr: float | None = None,
                gather: Callable | None = None, world_size: int = 1,
@@ -146,8 +136,9 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch
     (None: mine the local batch).  Returns the loss statistics plus ``lr`` and ``grad_norm``.
     """
     from facenet.losses import triplet_loss
+    from facenet.model import set_frozen_bn_eval
     model.train()
-    _frozen_bn_eval(model)
+    set_frozen_bn_eval(model)  # fine-tuning the head must not drift the frozen body's BN statistics
     if lr is not None:
         for g in optimizer.param_groups:
             g["lr"] = lr
