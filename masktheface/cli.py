@@ -5,8 +5,14 @@ Flags follow the original MaskTheFace (``--path --mask_type --pattern --pattern_
 --workers --format --quality --aligned --manifest --placement --draw --pack --detector
 --upsample --write_alpha --write_metadata``.
 Every input file gets one manifest row (path, status, faces, outputs, error); nothing is
-dropped silently.  Exit status: 0 when at least one image was masked, 1 when nothing could
-be processed, 2 for usage errors (missing path, output inside the input tree).
+dropped silently.  Outputs of a folder go to ``<folder>_masked`` beside it (or ``--output``);
+outputs of a single file are written next to it, as ``<stem>_<variant>.<ext>`` (or into
+``--output``).  Nothing is ever written into the shared data folder
+(:mod:`masktheface.datadir`).  Bad flags (unknown mask type, missing texture file, quality
+or worker count out of range, ...) are reported before any image is read.
+
+Exit status: 0 when at least one image was masked, 1 when nothing could be processed, 2
+for usage errors.
 """
 from __future__ import annotations
 
@@ -26,22 +32,59 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from .datadir import inside_shared_data
 from .imageio import IMAGE_EXTENSIONS, encode_image, is_image_name
-from .spec import RANDOM_TYPES, REGION_TYPES, PLACEMENTS, MaskSpec, SpecError, parse_code, normalise_type
+from .spec import BUILTIN_TYPES, PLACEMENTS, RANDOM_TYPES, MaskSpec, SpecError, normalise_type, parse_code
 
 log = logging.getLogger("masktheface")
 
 FORMATS = ("same", "jpg", "png", "webp", "bmp", "tif")
+#: failed files named in the final summary
+SHOW_FAILURES = 5
+
+
+class UsageError(ValueError):
+    """A flag combination that cannot work; reported before any image is read (exit 2)."""
+
+
+def _int_in(lo: int, hi: int | None = None):
+    """argparse type: an int in [lo, hi] (argparse turns the error into exit 2)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if v < lo or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(f"{v} is not in {lo}..{hi}" if hi is not None else f"{v} is below {lo}")
+        return v
+    parse.__name__ = "int"
+    return parse
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows a default once, and only when there is one (no "(default: None)")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = action.default is not None and action.default is not argparse.SUPPRESS
+        # flags (store_true/false) have nothing worth showing; "default" already in the text wins
+        if shown and action.nargs != 0 and action.option_strings and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="masktheface", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                epilog="Exit status: 0 when at least one image was masked, 1 when nothing "
+                                       "could be processed, 2 for usage errors.",
+                                formatter_class=_HelpFormatter)
     p.add_argument("--path", required=True, help="an image file or a folder (searched recursively)")
-    p.add_argument("--output", help="output folder (default: <path>_masked beside the input)")
+    p.add_argument("--output", help="output folder (default: <folder>_masked beside an input folder; "
+                                    "the file's own folder for a single file)")
     p.add_argument("--mask_type", default="surgical",
-                   help=f"one of {', '.join(RANDOM_TYPES + REGION_TYPES)}, a pack template name, "
-                        "'random' (drawn per face) or 'all' (one output per type)")
+                   help=f"one of {', '.join(BUILTIN_TYPES)}, a pack template name, "
+                        f"'random' (drawn per face from {', '.join(RANDOM_TYPES)}) or 'all' (one output "
+                        "for each of those)")
     p.add_argument("--pattern", default=None, help="texture: a built-in pattern name or an image file")
     p.add_argument("--pattern_weight", type=float, default=0.5, help="texture intensity in [0,1]")
     p.add_argument("--color", default=None, help="hex colour, e.g. #0473e2")
@@ -54,9 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with several types: draw one per face, or one per image for all its faces")
     p.add_argument("--pack", default=None, help="a MaskTheFace-format template pack (masks.cfg + PNGs)")
     p.add_argument("--seed", type=int, default=0, help="run seed; each image's draws derive from it and its path")
-    p.add_argument("--workers", type=int, default=1, help="local worker processes")
+    p.add_argument("--workers", type=_int_in(1), default=1, help="local worker processes (>= 1)")
     p.add_argument("--format", default="same", choices=FORMATS, help="output image format")
-    p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality")
+    p.add_argument("--quality", type=_int_in(1, 100), default=95,
+                   help="JPEG/WebP quality, 1..100 (PNG is always written losslessly, zlib level 1)")
     p.add_argument("--aligned", type=int, choices=(160, 112), default=None,
                    help="also write aligned crops (from the unmasked landmarks)")
     p.add_argument("--manifest", default=None, help="write one row per input (.csv or .jsonl)")
@@ -66,8 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write_metadata", action="store_true",
                    help="also write <name>.json per output: every face's box, 68 landmarks, six key "
                         "points, tilt, view, mask spec and status")
-    p.add_argument("--detector", default="hog", choices=("hog", "cnn"))
-    p.add_argument("--upsample", default="auto", choices=("auto", "0", "1", "2"))
+    p.add_argument("--detector", default="hog", choices=("hog", "cnn"),
+                   help="dlib face detector: HOG (fast, frontal faces) or the CNN (mmod; ~17x slower, "
+                        "finds turned and small faces)")
+    p.add_argument("--upsample", default="auto", choices=("auto", "0", "1", "2"),
+                   help="detector upsampling: 'auto' upsamples once only where the first pass finds "
+                        "nothing; 1/2 always (finds smaller faces, slower)")
     p.add_argument("--verbose", action="store_true", help="log every image")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return p
@@ -90,23 +138,59 @@ class Job:
     write_metadata: bool = False
 
 
-def _variants(args: argparse.Namespace, known_pack_types: Sequence[str]) -> tuple:
+def _variants(args: argparse.Namespace, pack=None) -> tuple:
+    """The flags -> Variants, every spec checked (type known, texture readable): a mistake
+    is a usage error here, not a failure on every face later."""
     from .pipeline import Variant
 
     kw = dict(color_weight=args.color_weight, texture_weight=args.pattern_weight, placement=args.placement)
     if args.code:
         specs = parse_code(args.code, **kw)
-        return (Variant("masked", specs, args.draw),)
-    mtype = normalise_type(args.mask_type)
-    types = RANDOM_TYPES if mtype in ("random", "all") else (mtype,)
-    for t in types:
-        if t not in RANDOM_TYPES + REGION_TYPES and t not in known_pack_types:
-            raise SpecError(f"unknown mask type {t!r}; known: {', '.join(RANDOM_TYPES + REGION_TYPES + tuple(known_pack_types))}")
-    specs = tuple(MaskSpec(t, args.color, args.color_weight, args.pattern, args.pattern_weight, args.placement)
-                  for t in types)
-    if mtype == "all":
-        return tuple(Variant(s.label, (s,)) for s in specs)
-    return (Variant(specs[0].label if len(specs) == 1 else "random", specs, args.draw),)
+        variants: tuple = (Variant("masked", specs, args.draw),)
+    else:
+        mtype = normalise_type(args.mask_type)
+        types = RANDOM_TYPES if mtype in ("random", "all") else (mtype,)
+        specs = tuple(MaskSpec(t, args.color, args.color_weight, args.pattern, args.pattern_weight, args.placement)
+                      for t in types)
+        if mtype == "all":
+            variants = tuple(Variant(s.label, (s,)) for s in specs)
+        else:
+            variants = (Variant(specs[0].label if len(specs) == 1 else "random", specs, args.draw),)
+    _check_specs(specs, pack)
+    return variants
+
+
+def _check_specs(specs: Sequence[MaskSpec], pack) -> None:
+    from .textures import resolve_texture
+
+    pack_types = tuple(pack.templates) if pack is not None else ()
+    for s in specs:
+        if s.mask_type not in BUILTIN_TYPES and s.mask_type not in pack_types:
+            raise UsageError(f"unknown mask type {s.mask_type!r}; known: {', '.join(BUILTIN_TYPES + pack_types)}")
+        if s.texture is not None:
+            try:
+                resolve_texture(s.texture, pack)
+            except (ValueError, OSError) as e:
+                raise UsageError(f"mask {s.label!r}: {e}") from None
+
+
+def _output_root(root: Path, args: argparse.Namespace) -> tuple[Path, Path]:
+    """(folder the output keys are relative to, output folder) for a resolved input path;
+    UsageError when the outputs would land in the input tree or in the shared data."""
+    base = root if root.is_dir() else root.parent
+    if args.output:
+        out_root = Path(args.output).expanduser().resolve()
+    elif root.is_dir():
+        out_root = base.parent / f"{base.name}_masked"
+    else:
+        out_root = base  # a single file: its outputs go next to it (<stem>_<variant>.<ext>)
+    if root.is_dir() and (out_root == root or root in out_root.parents):
+        raise UsageError(f"output {out_root} lies inside the input tree {root}; choose an --output outside it")
+    for what, p in (("output", out_root), ("manifest", Path(args.manifest) if args.manifest else None)):
+        if p is not None and inside_shared_data(p):
+            raise UsageError(f"the {what} {p.expanduser().resolve()} lies in the shared data folder, which is "
+                             "never written to; choose an --output (and --manifest) elsewhere")
+    return base, out_root
 
 
 def iter_inputs(root: Path, exclude: Path | None) -> Iterator[Path]:
@@ -228,22 +312,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"masktheface: error: path does not exist: {root}", file=sys.stderr)
         return 2
     root = root.resolve()
-    base = root if root.is_dir() else root.parent
-    out_root = (Path(args.output).expanduser().resolve() if args.output
-                else base.parent / f"{base.name}_masked")
-    if root.is_dir() and (out_root == root or root in out_root.parents):
-        print(f"masktheface: error: output {out_root} lies inside the input tree {root}; "
-              "choose an --output outside it", file=sys.stderr)
-        return 2
     try:
-        pack_types: Sequence[str] = ()
+        base, out_root = _output_root(root, args)
+        pack = None
         if args.pack:
             from .masks import load_pack
-            pack_types = tuple(load_pack(args.pack).templates)
-        variants = _variants(args, pack_types)
-        if args.pattern:
-            from .textures import resolve_texture
-            resolve_texture(args.pattern)
+            pack = load_pack(args.pack)
+        variants = _variants(args, pack)
     except (SpecError, ValueError, OSError) as e:
         print(f"masktheface: error: {e}", file=sys.stderr)
         return 2
@@ -262,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tqdm import tqdm
 
     bar = tqdm(total=len(items), unit="img", disable=not args.progress, file=sys.stderr)
-    workers = max(1, int(args.workers))
+    workers = int(args.workers)
     if workers == 1:
         _init_worker(job)
         it: Iterator[dict] = map(_process_one, items)
@@ -286,14 +361,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     counts = Counter(r["status"] for r in rows)
     if args.manifest:
         _write_manifest(Path(args.manifest), rows)
+    failed = [r for r in rows if r["status"] not in ("ok", "no_face")]
     summary = {
         "images": len(rows), "faces": sum(r["faces"] for r in rows), "masked_faces": sum(r["masked"] for r in rows),
-        "no_face_images": counts.get("no_face", 0),
-        "errors": sum(v for k, v in counts.items() if k not in ("ok", "no_face")),
+        "no_face_images": counts.get("no_face", 0), "errors": len(failed),
         "statuses": dict(counts), "seconds": round(wall, 2),
         "images_per_s": round(len(rows) / wall, 1) if wall > 0 else None, "output": str(out_root),
+        # the first few failures, so a user sees which files failed and why without a manifest
+        "failed": [{k: r[k] for k in ("path", "status", "error")} for r in failed[:SHOW_FAILURES]],
     }
-    print(json.dumps(summary), file=sys.stderr if args.manifest == "-" else sys.stdout)
+    for r in failed[:SHOW_FAILURES]:
+        print(f"masktheface: {r['status']}: {r['path']}: {r['error']}", file=sys.stderr)
+    if len(failed) > SHOW_FAILURES:
+        where = f"all in {args.manifest}" if args.manifest else "--manifest lists them all"
+        print(f"masktheface: ... and {len(failed) - SHOW_FAILURES} more failed files ({where})", file=sys.stderr)
+    print(json.dumps(summary, ensure_ascii=False))
     return 0 if counts.get("ok", 0) > 0 else 1
 
 

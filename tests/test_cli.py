@@ -86,10 +86,52 @@ def test_single_file_all_types_and_default_output(tmp_path):
     cv2.imwrite(str(f), cv2.imread(str(tmp_path / "obama.jpg")))
     rc = main(["--path", str(f), "--mask_type", "all", "--no-progress", "--format", "webp"])
     assert rc == 0
-    out = tmp_path.parent / f"{tmp_path.name}_masked"
-    made = sorted(p.name for p in out.glob("*.webp"))
+    # a single file's outputs go next to it
+    made = sorted(p.name for p in tmp_path.glob("*.webp"))
     assert len(made) == 7 and "x.y.z_N95.webp" in made
-    shutil.rmtree(out)
+    assert not (tmp_path.parent / f"{tmp_path.name}_masked").exists()
+
+
+@needs_data
+def test_named_extra_type_and_failures_in_summary(tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(DATA / "photos/obama-240p.jpg", src / "obama.jpg")
+    for i in range(7):
+        (src / f"broken{i}.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    rc = main(["--path", str(src), "--output", str(tmp_path / "out"), "--mask_type", "n95_valve", "--no-progress"])
+    assert rc == 0 and (tmp_path / "out" / "obama_N95_valve.jpg").is_file()
+    cap = capsys.readouterr()
+    summary = json.loads(cap.out.strip().splitlines()[-1])
+    assert summary["errors"] == 7 and len(summary["failed"]) == 5
+    first = summary["failed"][0]
+    assert first["path"].endswith("broken0.jpg") and first["status"] == "decode_error" and first["error"]
+    assert "broken0.jpg" in cap.err and "2 more failed files" in cap.err
+
+
+def test_never_writes_into_the_shared_data(tmp_path, monkeypatch, capsys):
+    data = tmp_path / "data"
+    (data / "lfw").mkdir(parents=True)
+    (data / "lfw" / "a.jpg").write_bytes(b"\xff\xd8 x")
+    (tmp_path / "in").mkdir()
+    monkeypatch.setenv("MASKTHEFACE_DATA", str(data))
+    for argv in (["--path", str(data / "lfw" / "a.jpg")],            # next to the file
+                 ["--path", str(data / "lfw")],                      # data/lfw_masked
+                 ["--path", str(tmp_path / "in"), "--output", str(data / "out")],
+                 ["--path", str(data / "lfw"), "--output", str(tmp_path / "o"), "--manifest", str(data / "m.csv")]):
+        assert main(argv + ["--no-progress"]) == 2, argv
+        assert "shared data" in capsys.readouterr().err
+    assert sorted(p.name for p in data.rglob("*")) == ["a.jpg", "lfw"]
+    # an explicit --output elsewhere is fine (the broken file gives exit 1, nothing masked)
+    assert main(["--path", str(data / "lfw"), "--output", str(tmp_path / "o"), "--no-progress"]) == 1
+
+
+@pytest.mark.parametrize("flag,value", [("--quality", "500"), ("--quality", "0"), ("--workers", "0"),
+                                        ("--workers", "-2"), ("--workers", "two")])
+def test_out_of_range_numbers_are_usage_errors(tmp_path, capsys, flag, value):
+    with pytest.raises(SystemExit) as e:
+        main(["--path", str(tmp_path), flag, value])
+    assert e.value.code == 2 and flag in capsys.readouterr().err
 
 
 def test_usage_errors(tmp_path, capsys):
@@ -100,6 +142,16 @@ def test_usage_errors(tmp_path, capsys):
     assert "inside the input tree" in capsys.readouterr().err
     assert main(["--path", str(tmp_path / "in"), "--code", "surgical-#zzzzzz"]) == 2
     assert main(["--path", str(tmp_path / "in"), "--mask_type", "balaclava"]) == 2
+    assert "unknown mask type 'balaclava'" in capsys.readouterr().err
+    assert main(["--path", str(tmp_path / "in"), "--code", "N95, balaclava-#ffffff"]) == 2
+    assert "unknown mask type 'balaclava'" in capsys.readouterr().err
+    # a texture file that does not exist: a usage error before any work, naming the file
+    missing = tmp_path / "no-such-fabric.png"
+    assert main(["--path", str(tmp_path / "in"), "--code", f"N95, cloth-{missing}"]) == 2
+    assert "no-such-fabric.png" in capsys.readouterr().err
+    assert main(["--path", str(tmp_path / "in"), "--pattern", str(missing)]) == 2
+    assert main(["--path", str(tmp_path / "in"), "--mask_type", "N95_valve", "--output", str(tmp_path / "o2"),
+                 "--no-progress"]) == 1  # known type; the folder just has no images yet
     # nothing processable -> 1
     (tmp_path / "in" / "broken.jpg").write_bytes(b"\xff\xd8garbage")
     assert main(["--path", str(tmp_path / "in"), "--output", str(tmp_path / "o"), "--no-progress"]) == 1
