@@ -547,8 +547,9 @@ def _plain(obj: Any, where: str) -> Any:
                 raise TypeError(f"checkpoint {where}: key {k!r} is a {type(k).__name__}, not str/int")
             out[k] = _plain(v, f"{where}.{k}")
         return out
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_plain(v, f"{where}[{i}]") for i, v in enumerate(obj))
+    if isinstance(obj, (list, tuple)):  # a namedtuple becomes a plain tuple
+        items = [_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return items if isinstance(obj, list) else tuple(items)
     raise TypeError(f"checkpoint {where}: {type(obj).__name__} is not a plain type "
                     f"(dict/list/tuple/str/int/float/bool/None/tensor)")
 
@@ -633,10 +634,13 @@ def _save_remote(ckpt: dict, uri: str, storage_options: Mapping[str, Any] | None
     with tempfile.TemporaryDirectory(prefix="facenet-ckpt-") as d:
         tmp = os.path.join(d, CHECKPOINT_FILENAME)
         torch.save(ckpt, tmp)
-        parent = os.path.dirname(rpath.rstrip("/"))
-        if parent:
-            fs.makedirs(parent, exist_ok=True)  # no-op on object stores; needed by e.g. memory://
-        fs.put_file(tmp, rpath)
+        try:
+            fs.put_file(tmp, rpath)
+        except FileNotFoundError:
+            # a filesystem with real folders (sftp, ...) wants the parent; object stores never
+            # get here (makedirs on s3 may try to create the bucket)
+            fs.makedirs(os.path.dirname(rpath.rstrip("/")), exist_ok=True)
+            fs.put_file(tmp, rpath)
     log.info("checkpoint %s (%s, epoch %s, step %s)", uri, ckpt["arch"], ckpt["epoch"], ckpt["step"])
     return uri
 
