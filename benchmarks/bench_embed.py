@@ -37,7 +37,7 @@ LFW = shared_data("lfw") or Path("lfw-not-found")
 
 def plain(keys, variants, batch) -> tuple[float, float]:
     """-> (seconds for the loop, seconds to build the actor)."""
-    from jobs.evaluate import EmbedActor, LFW_CENTRE_BOX
+    from jobs.evaluate import LFW_CENTRE_BOX, EmbedActor
 
     t0 = time.perf_counter()
     actor = EmbedActor(model="dlib", images=str(LFW / "lfw-deepfunneled"), variants=variants, seed=0,

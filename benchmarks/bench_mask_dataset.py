@@ -290,9 +290,9 @@ def main(argv: list[str] | None = None) -> dict:
             S = results[n]["S"]
             d = sizes["L"] - sizes["S"]
             pairs = list(zip(S, L))
-            row["marginal_cpu_ms"] = med(1000 * (l["cpu_s"] - s_["cpu_s"]) / d for s_, l in pairs)
-            row["marginal_images_per_s"] = med(d / max(l["exec_s"] - s_["exec_s"], 1e-9) for s_, l in pairs)
-            row["fixed_cpu_s"] = med(s_["cpu_s"] - sizes["S"] * (l["cpu_s"] - s_["cpu_s"]) / d for s_, l in pairs)
+            row["marginal_cpu_ms"] = med(1000 * (lg["cpu_s"] - s_["cpu_s"]) / d for s_, lg in pairs)
+            row["marginal_images_per_s"] = med(d / max(lg["exec_s"] - s_["exec_s"], 1e-9) for s_, lg in pairs)
+            row["fixed_cpu_s"] = med(s_["cpu_s"] - sizes["S"] * (lg["cpu_s"] - s_["cpu_s"]) / d for s_, lg in pairs)
         rows[n] = row
     base = rows["plain"]
     print()
@@ -324,8 +324,8 @@ def main(argv: list[str] | None = None) -> dict:
         for n in names:
             vals = []
             for c in cats:
-                vals.append(med(1000 * (l["cpu_by"].get(c, 0.0) - s_["cpu_by"].get(c, 0.0)) / d
-                                for s_, l in zip(results[n]["S"], results[n]["L"])))
+                vals.append(med(1000 * (lg["cpu_by"].get(c, 0.0) - s_["cpu_by"].get(c, 0.0)) / d
+                                for s_, lg in zip(results[n]["S"], results[n]["L"])))
             rows[n]["marginal_cpu_ms_by"] = dict(zip(cats, vals))
             print(f"{n:8s} " + " ".join(f"{v:16.1f}" for v in vals))
     ray_names = [n for n in names if n != "plain"]

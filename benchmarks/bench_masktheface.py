@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import glob
 import multiprocessing as mp
-import os
 import statistics
 import sys
 import time
@@ -27,12 +26,11 @@ import dlib
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from masktheface.datadir import DATA_HINT, shared_data  # noqa: E402
 from masktheface.geometry import six_points  # noqa: E402
 from masktheface.landmarks import model_path  # noqa: E402
 from masktheface.pipeline import Masker, MaskerConfig, Variant  # noqa: E402
 from masktheface.spec import MaskSpec  # noqa: E402
-
-from masktheface.datadir import DATA_HINT, shared_data  # noqa: E402
 
 DATA = shared_data() or Path("shared-data-not-found")
 PACK = DATA / "masktheface_templates" / "masks"

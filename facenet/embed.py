@@ -228,7 +228,8 @@ class DlibEmbedder:
         return None, ""
 
     # -- the work ---------------------------------------------------------------------------
-    def prepare(self, image: np.ndarray, landmarks: np.ndarray | None = None) -> tuple[np.ndarray | None, str, str, str | None]:
+    def prepare(self, image: np.ndarray,
+                landmarks: np.ndarray | None = None) -> tuple[np.ndarray | None, str, str, str | None]:
         """One image -> (chip uint8 RGB or None, status, method, error); never raises."""
         try:
             img = np.asarray(image)

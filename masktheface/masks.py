@@ -37,9 +37,9 @@ import configparser
 import logging
 import math
 import os
-from dataclasses import dataclass, field
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Callable, Sequence
@@ -970,6 +970,10 @@ def clear_cache() -> None:
     _CACHE.clear()
 
 
+def _as_points(p: np.ndarray) -> np.ndarray:
+    return np.asarray(p, np.float64).reshape(-1, 2)
+
+
 def _draw(name: str, placement: str, scale: float) -> MaskArt:
     # supersample (an integer factor k, then INTER_AREA): at least 2x below scale 1, and
     # enough that thin details (pleat lines, seams, 10-unit loops) get >= 0.5 px per unit
@@ -984,7 +988,7 @@ def _draw(name: str, placement: str, scale: float) -> MaskArt:
 
     anchors = info.anchors.astype(np.float64)
     span = _PLACEMENT_SPAN[placement]
-    move: Callable[[np.ndarray], np.ndarray] = lambda p: np.asarray(p, np.float64).reshape(-1, 2)
+    move: Callable[[np.ndarray], np.ndarray] = _as_points  # correct wear: nothing moves
     if span is not None:
         pm = _PlacementMap((float(anchors[1, 1]), float(anchors[4, 1])), span)
         body = _remap(body, pm)

@@ -18,8 +18,8 @@ import cv2
 import numpy as np
 
 from . import align, geometry, render
-from .imageio import DecodedImage, ImageDecodeError, decode_image, encode_image, output_for
 from .geometry import primary_face
+from .imageio import DecodedImage, ImageDecodeError, decode_image, encode_image, output_for
 from .landmarks import Face, FaceAnalyzer
 from .masks import draw_builtin, is_builtin, load_pack, quantise_scale
 from .spec import BUILTIN_TYPES, REGION_TYPES, MaskSpec, choose, parse_hex, variant_rng

@@ -15,7 +15,6 @@ may or may not find the face: 1-bit dithering).
 from __future__ import annotations
 
 import io
-import os
 import struct
 import zlib
 from pathlib import Path

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -15,7 +14,8 @@ from masktheface.cli import main
 from masktheface.datadir import DATA_HINT, shared_data
 
 DATA = shared_data()
-needs_data = pytest.mark.skipif(DATA is None or not (DATA / "lfw").is_dir(), reason=f"real faces not found ({DATA_HINT})")
+needs_data = pytest.mark.skipif(DATA is None or not (DATA / "lfw").is_dir(),
+                                reason=f"real faces not found ({DATA_HINT})")
 
 
 @pytest.fixture()

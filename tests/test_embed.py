@@ -11,10 +11,10 @@ cv2 = pytest.importorskip("cv2")
 
 from facenet import cluster  # noqa: E402
 from facenet.embed import (  # noqa: E402
+    FIVE_FROM_68,
     AlignedLayout,
     DlibEmbedder,
     Embedder,
-    FIVE_FROM_68,
     TorchEmbedder,
     _unit_rows,
 )

@@ -4,7 +4,7 @@ import pytest
 
 from masktheface import align, geometry
 from masktheface.canonical import CANONICAL_68, MIRROR_68, mesh_vertices
-from masktheface.render import mesh_triangles, warp_mesh, WarpError
+from masktheface.render import WarpError, mesh_triangles, warp_mesh
 from masktheface.spec import MaskSpec, SpecError, draw_rng, item_rng, normalise_type, parse_code, parse_hex, variant_rng
 
 

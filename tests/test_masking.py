@@ -7,15 +7,16 @@ import cv2
 import numpy as np
 import pytest
 
-from masktheface.imageio import decode_image, encode_image
-from masktheface.pipeline import Masker, MaskerConfig, Variant
 from masktheface import align, geometry
 from masktheface.datadir import DATA_HINT, shared_data
 from masktheface.geometry import primary_face
-from masktheface.spec import RANDOM_TYPES, MaskSpec, item_rng
+from masktheface.imageio import decode_image, encode_image
+from masktheface.pipeline import Masker, MaskerConfig, Variant
+from masktheface.spec import RANDOM_TYPES, MaskSpec
 
 DATA = shared_data()
-needs_data = pytest.mark.skipif(DATA is None or not (DATA / "lfw").is_dir(), reason=f"real faces not found ({DATA_HINT})")
+needs_data = pytest.mark.skipif(DATA is None or not (DATA / "lfw").is_dir(),
+                                reason=f"real faces not found ({DATA_HINT})")
 
 NOSE_TIP, MOUTH, CHIN = [30, 33], [48, 51, 54, 57, 62, 66], [8]
 EYES = list(range(36, 48))
@@ -86,7 +87,8 @@ def test_incorrect_wear(masker, placement, covered, uncovered):
 
 
 @needs_data
-@pytest.mark.parametrize("name,expected", [("two_people.jpg", 2), ("knn_examples/test/obama_and_biden.jpg", 3),  # + a girl looking down
+@pytest.mark.parametrize("name,expected", [("two_people.jpg", 2),
+                                           ("knn_examples/test/obama_and_biden.jpg", 3),  # + a girl looking down
                                            ("multiface.jpg", None)])
 def test_multi_face_photos(masker, name, expected):
     bgr = cv2.imread(str(DATA / "photos" / name))
@@ -184,7 +186,8 @@ def test_primary_face_is_the_aligned_one(masker):
 def test_aligned_twins_match_outside_the_mask(masker):
     data = (DATA / "lfw/lfw-deepfunneled/Colin_Powell/Colin_Powell_0001.jpg").read_bytes()
     for size in (160, 112):
-        p = masker.process(data, "c", [Variant("original"), Variant("N95", (MaskSpec("N95"),))], aligned=size, fmt="png")
+        p = masker.process(data, "c", [Variant("original"), Variant("N95", (MaskSpec("N95"),))], aligned=size,
+                           fmt="png")
         orig = decode_image(p.outputs[0].aligned).bgr
         masked = decode_image(p.outputs[1].aligned).bgr
         assert orig.shape == masked.shape == (size, size, 3)
@@ -198,7 +201,8 @@ def test_aligned_twins_match_outside_the_mask(masker):
 def test_grayscale_stays_grayscale(masker):
     gray = cv2.imread(str(DATA / "photos/obama.jpg"), cv2.IMREAD_GRAYSCALE)
     data = encode_image(gray, "jpg")
-    p = masker.process(data, "g", [Variant("surgical_blue", (MaskSpec("surgical_blue", color="#ff0000", color_weight=1.0),))])
+    red = MaskSpec("surgical_blue", color="#ff0000", color_weight=1.0)
+    p = masker.process(data, "g", [Variant("surgical_blue", (red,))])
     assert p.status == "ok"
     out = decode_image(p.outputs[0].image)
     assert out.is_gray

@@ -2,28 +2,22 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from facenet.pairs import Pair, pairs_arrays, read_pairs, unique_images
+from masktheface.datadir import DATA_HINT, shared_data
 
-
-def _data_root() -> Path:
-    env = os.environ.get("MASKTHEFACE_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-DATA = _data_root()
+DATA = shared_data() or Path("shared-data-not-found")
 LFW_PAIRS = DATA / "lfw" / "pairs.txt"
 LFW_IMAGES = DATA / "lfw" / "lfw-deepfunneled"
 MFR2_PAIRS = DATA / "mfr2" / "pairs.txt"
 MFR2_IMAGES = DATA / "mfr2"
 
-needs_lfw = pytest.mark.skipif(not LFW_PAIRS.is_file(), reason=f"LFW pairs not found at {LFW_PAIRS} (set MASKTHEFACE_DATA)")
-needs_mfr2 = pytest.mark.skipif(not MFR2_PAIRS.is_file(), reason=f"MFR2 pairs not found at {MFR2_PAIRS} (set MASKTHEFACE_DATA)")
+needs_lfw = pytest.mark.skipif(not LFW_PAIRS.is_file(), reason=f"LFW pairs not found ({DATA_HINT})")
+needs_mfr2 = pytest.mark.skipif(not MFR2_PAIRS.is_file(), reason=f"MFR2 pairs not found ({DATA_HINT})")
 
 
 # --------------------------------------------------------------------------- real files
@@ -124,7 +118,8 @@ def test_unique_images_first_appearance_order() -> None:
         ("A 1 2\n\nB x 3\n", r":3: image number must be a positive integer, got 'x'"),
         ("A 0 2\n", r":1: image number must be a positive integer, got '0'"),
         ("1 1\nA 1 2\n", r":1: header '1 1' promises 2 pairs, file has 1"),
-        ("1 2\nA 1 2\nB 1 C 2\nD 1 2\nE 1 F 2\n", r":3: fold 0 expects 2 same then 2 different pairs; this line should be same"),
+        ("1 2\nA 1 2\nB 1 C 2\nD 1 2\nE 1 F 2\n",
+         r":3: fold 0 expects 2 same then 2 different pairs; this line should be same"),
         ("\n\n", r"no pairs in file"),
     ],
 )

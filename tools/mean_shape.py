@@ -5,8 +5,14 @@ array that is pasted into masktheface/canonical.py.  Each detected shape is alig
 the running mean by a similarity transform (Procrustes), averaged, then placed in the
 canonical frame: jaw points 0 and 16 at x=100 and x=900, their midpoint at y=400.
 """
-import glob, importlib.util, os, sys
-import cv2, dlib, numpy as np
+import glob
+import importlib.util
+import os
+import sys
+
+import cv2
+import dlib
+import numpy as np
 
 root = sys.argv[1]
 files = sorted(glob.glob(os.path.join(root, "*", "*.jpg")))[::6][:1500]
