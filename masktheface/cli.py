@@ -32,8 +32,10 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from .align import ALIGN_SIZES
 from .datadir import inside_shared_data
 from .imageio import IMAGE_EXTENSIONS, encode_image, is_image_name
+from .landmarks import UPSAMPLE_CHOICES
 from .spec import BUILTIN_TYPES, PLACEMENTS, RANDOM_TYPES, MaskSpec, SpecError, normalise_type, parse_code
 
 log = logging.getLogger("masktheface")
@@ -101,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="same", choices=FORMATS, help="output image format")
     p.add_argument("--quality", type=_int_in(1, 100), default=95,
                    help="JPEG/WebP quality, 1..100 (PNG is always written losslessly, zlib level 1)")
-    p.add_argument("--aligned", type=int, choices=(160, 112), default=None,
+    p.add_argument("--aligned", type=int, choices=ALIGN_SIZES, default=None,
                    help="also write aligned crops (from the unmasked landmarks)")
     p.add_argument("--manifest", default=None, help="write one row per input (.csv or .jsonl)")
     p.add_argument("--write_original_image", action="store_true", help="also write the unmasked image")
@@ -113,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detector", default="hog", choices=("hog", "cnn"),
                    help="dlib face detector: HOG (fast, frontal faces) or the CNN (mmod; ~17x slower, "
                         "finds turned and small faces)")
-    p.add_argument("--upsample", default="auto", choices=("auto", "0", "1", "2"),
+    p.add_argument("--upsample", default="auto", choices=UPSAMPLE_CHOICES,
                    help="detector upsampling: 'auto' upsamples once only where the first pass finds "
                         "nothing; 1/2 always (finds smaller faces, slower)")
     p.add_argument("--verbose", action="store_true", help="log every image")

@@ -26,10 +26,10 @@ from .spec import BUILTIN_TYPES, REGION_TYPES, MaskSpec, choose, parse_hex, vari
 
 log = logging.getLogger(__name__)
 
-#: image-level statuses (of :class:`MaskResult`, :class:`VariantOutput`, :class:`Processed`)
-STATUSES = ("ok", "no_face", "mask_failed", "decode_error", "too_large", "error")
-#: face-level statuses (of :class:`FaceResult`)
-FACE_STATUSES = ("ok", "geometry_failed", "warp_failed")
+# Statuses.  Image level (MaskResult, VariantOutput, Processed): "ok", "no_face",
+# "mask_failed", "decode_error", "too_large", "error" (the one list, with the jobs'
+# "read_error", is masktheface.dataset_schema.STATUSES).  Face level (FaceResult): "ok",
+# "geometry_failed", "warp_failed".
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class MaskerConfig:
 class FaceResult:
     """One face: ``box`` (x0,y0,x1,y1), ``landmarks`` float32 (68,2) of the unmasked face,
     ``six`` float32 (6,2) key points a..f, ``tilt_deg``, ``view``; ``spec`` drawn (None when
-    no mask was asked for); ``status`` in FACE_STATUSES; ``coverage`` mask area in px."""
+    no mask was asked for); ``status`` a face-level status; ``coverage`` mask area in px."""
 
     box: tuple[float, float, float, float]
     landmarks: np.ndarray
@@ -62,7 +62,7 @@ class FaceResult:
 @dataclass(frozen=True)
 class MaskResult:
     """``image`` uint8 (H,W,3) BGR, or (H,W) for grayscale sources; ``alpha`` float32 (H,W)
-    union of the masks drawn, in [0,1]; ``status`` in STATUSES."""
+    union of the masks drawn, in [0,1]; ``status`` an image-level status."""
 
     image: np.ndarray
     alpha: np.ndarray

@@ -64,7 +64,6 @@ _PALETTES: dict[str, list[list[tuple[int, int, int]]]] = {
     ],
 }
 #: how many colours each pattern uses (a shorter ``colors`` list is padded from the default)
-_N_COLORS = {k: len(v[0]) for k, v in _PALETTES.items()}
 
 
 def parse_color(c: Color) -> tuple[int, int, int]:

@@ -166,6 +166,17 @@ def test_variant_output_does_not_depend_on_the_other_variants(masker):
     assert len(drawn) > 1  # the draw really is random (so the check above means something)
 
 
+def test_statuses_are_the_data_set_contract(masker):
+    # the one list of image statuses is masktheface.dataset_schema.STATUSES
+    from masktheface import dataset_schema as S
+
+    blank = encode_image(np.full((64, 64, 3), 128, np.uint8), "png")
+    for data, want in ((b"not an image", "decode_error"), (blank, "no_face")):
+        p = masker.process(data, "k", [Variant("original"), Variant("N95", (MaskSpec("N95"),))])
+        assert p.status == want and {o.status for o in p.outputs} == {want} and want in S.STATUSES
+        assert p.primary is None and all(o.primary is None for o in p.outputs)
+
+
 @needs_data
 def test_primary_face_is_the_aligned_one(masker):
     for name in ("two_people.jpg", "obama.jpg"):
