@@ -6,7 +6,8 @@ For each model of ``facenet.model.list_models()`` (``--models`` to choose): rand
 0..255 batches at the model's input size; a train step is forward + a simple loss +
 backward (no optimiser), an eval step is a ``no_grad`` forward.  One untimed warm-up, then
 ``--repeats`` timed steps, median reported.  Models run interleaved (a, b, c, a, b, c, ...)
-so that load from other processes on a shared machine hits all alike.  Figures only: the
+so that load from other processes on a shared machine hits all alike;
+``--layouts contiguous,channels_last`` adds the NHWC memory format (mkldnn's preferred).  Figures only: the
 guide's field notes give ~12 img/s (MobileFaceNet) and ~4 img/s (Inception-ResNet-v1) for
 training on this 2-core machine.
 """
@@ -32,19 +33,25 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--layouts", default="contiguous",
+                    help="comma-separated memory formats to compare: contiguous, channels_last")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
+    formats = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
     nets, inputs = {}, {}
     for name in args.models.split(","):
-        try:
-            nets[name] = fm.build_model(name)
-        except ImportError as e:  # dlib_resnet before facenet/dlib_resnet.py exists
-            print(f"skip {name}: {e}")
-            continue
-        s = nets[name].input_size
-        inputs[name] = torch.rand(args.batch, 3, s, s) * 255.0
+        for layout in args.layouts.split(","):
+            key = name if layout == "contiguous" else f"{name}/{layout}"
+            try:
+                net = fm.build_model(name)
+            except ImportError as e:  # dlib_resnet before facenet/dlib_resnet.py exists
+                print(f"skip {name}: {e}")
+                break
+            s = net.input_size
+            nets[key] = net.to(memory_format=formats[layout])
+            inputs[key] = (torch.rand(args.batch, 3, s, s) * 255.0).contiguous(memory_format=formats[layout])
 
     def train_step(name: str) -> float:
         net, x = nets[name].train(), inputs[name]
@@ -69,13 +76,13 @@ def main(argv: list[str] | None = None) -> dict:
                     times.setdefault((name, kind), []).append(dt)
 
     print(f"batch {args.batch}, torch threads {args.threads}, median of {args.repeats}, torch {torch.__version__}")
-    print(f"{'model':22s} {'params':>11s} {'size':>5s} {'fwd+bwd img/s':>14s} {'eval img/s':>11s}")
+    print(f"{'model':36s} {'params':>11s} {'size':>5s} {'fwd+bwd img/s':>14s} {'eval img/s':>11s}")
     out = {}
     for name, net in nets.items():
         tr = args.batch / statistics.median(times[(name, "train")])
         ev = args.batch / statistics.median(times[(name, "eval")])
         out[name] = {"train_img_s": tr, "eval_img_s": ev, "params": fm.count_parameters(net)}
-        print(f"{name:22s} {fm.count_parameters(net):11,d} {net.input_size:5d} {tr:14.1f} {ev:11.1f}")
+        print(f"{name:36s} {fm.count_parameters(net):11,d} {net.input_size:5d} {tr:14.1f} {ev:11.1f}")
     return out
 
 
