@@ -1,7 +1,8 @@
 """Pictures and reports of verification results (matplotlib, Agg backend, no display).
 
-Everything here takes the metrics dict written by ``jobs.evaluate`` (plain JSON values) and
-returns bytes or text; writing them anywhere (local, s3://) is the caller's business.
+Everything here takes a :class:`facenet.verify.VerificationMetrics` dict (the format
+:func:`facenet.verify.compute_metrics` builds and ``metrics.json`` holds; plain JSON values)
+and returns bytes or text; writing them anywhere (local, s3://) is the caller's business.
 
 * :func:`heatmap_png` - a template-variant x probe-variant grid with annotated values (the
   paper's 5x5 tables as pictures).
@@ -19,6 +20,8 @@ import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from facenet.verify import VerificationMetrics, far_labels
 
 
 def _plt():
@@ -168,11 +171,11 @@ def cluster_png(emb: np.ndarray, identities: Sequence[str], labels: Sequence[int
 
 # ------------------------------------------------------------------------------------------ assembly
 
-def _far_labels(metrics: Mapping) -> list[str]:
-    return [format(float(t), "g") for t in metrics.get("far_targets", [])]
+def _far_labels(metrics: VerificationMetrics) -> list[str]:
+    return far_labels(metrics.get("far_targets", []))
 
 
-def heatmap_specs(metrics: Mapping) -> list[tuple[str, str, str, float, float]]:
+def heatmap_specs(metrics: VerificationMetrics) -> list[tuple[str, str, str, float, float]]:
     """(file name, grid key, title, vmin, vmax) of every heatmap a metrics dict has."""
     out = [("heatmap_accuracy.png", "accuracy", "max accuracy (fold-validated), %", 0.5, 1.0)]
     for lab in _far_labels(metrics):
@@ -183,7 +186,7 @@ def heatmap_specs(metrics: Mapping) -> list[tuple[str, str, str, float, float]]:
     return [s for s in out if s[1] in metrics.get("grids", {})]
 
 
-def make_figures(metrics: Mapping, compare: Mapping | None = None,
+def make_figures(metrics: VerificationMetrics, compare: VerificationMetrics | None = None,
                  clusters: Mapping[str, Any] | None = None) -> dict[str, bytes]:
     """Every picture of a report -> ``{file name: PNG bytes}``.
 
@@ -217,7 +220,7 @@ def make_figures(metrics: Mapping, compare: Mapping | None = None,
     return figs
 
 
-def bar_conditions(metrics: Mapping, metric: str = "accuracy") -> dict[str, float]:
+def bar_conditions(metrics: VerificationMetrics, metric: str = "accuracy") -> dict[str, float]:
     """The bar chart's conditions: template unmasked x every probe variant, then each masked
     variant on both sides."""
     labels = list(metrics["variants"])
@@ -229,7 +232,7 @@ def bar_conditions(metrics: Mapping, metric: str = "accuracy") -> dict[str, floa
     return out
 
 
-def _grid_table_md(metrics: Mapping, key: str) -> str:
+def _grid_table_md(metrics: VerificationMetrics, key: str) -> str:
     labels = list(metrics["variants"])
     g = metrics["grids"][key]
     head = "| template \\ probe | " + " | ".join(labels) + " |"
@@ -238,7 +241,7 @@ def _grid_table_md(metrics: Mapping, key: str) -> str:
     return "\n".join([head, sep, *rows])
 
 
-def _summary_rows(metrics: Mapping) -> list[tuple[str, str]]:
+def _summary_rows(metrics: VerificationMetrics) -> list[tuple[str, str]]:
     fl = _far_labels(metrics)
     b = metrics["cells"][metrics["variants"][0]][metrics["variants"][0]]
     rows = [("pairs", f"{metrics['n_pairs']} ({metrics['n_same']} same), {metrics['n_images']} images, "
@@ -258,7 +261,7 @@ def _summary_rows(metrics: Mapping) -> list[tuple[str, str]]:
     return rows
 
 
-def _grid_sections(metrics: Mapping) -> list[tuple[str, str]]:
+def _grid_sections(metrics: VerificationMetrics) -> list[tuple[str, str]]:
     out = [("accuracy", "Max accuracy (10-fold, %)")]
     for lab in _far_labels(metrics):
         out += [(f"acc@far={lab}", f"ACC@FAR={lab} (%)"), (f"tpr@far={lab}", f"TPR@FAR={lab} (%)"),
@@ -268,7 +271,7 @@ def _grid_sections(metrics: Mapping) -> list[tuple[str, str]]:
     return [s for s in out if s[0] in metrics["grids"]]
 
 
-def render_markdown(metrics: Mapping, title: str) -> str:
+def render_markdown(metrics: VerificationMetrics, title: str) -> str:
     """A Markdown report that links the PNGs written beside it."""
     lines = [f"# {title}", "", f"Model: **{metrics.get('model')}**. Rows: template variant; "
              "columns: probe variant. FAR = FP/(FP+TN).", ""]
@@ -286,7 +289,7 @@ def render_markdown(metrics: Mapping, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_html(metrics: Mapping, title: str) -> str:
+def render_html(metrics: VerificationMetrics, title: str) -> str:
     """The same report as a standalone HTML page (images referenced beside it)."""
     esc = html.escape
     labels = list(metrics["variants"])
