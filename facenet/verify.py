@@ -111,7 +111,7 @@ class FaceChoice:
 
 
 def _row(key: str, variant: str, status: str, error: str | None = None, method: str = "") -> dict[str, Any]:
-    return {"key": key, "variant": variant, "status": status, "error": error, "method": method,
+    return {S.KEY: key, S.VARIANT: variant, S.STATUS: status, S.ERROR: error, "method": method,
             "embedding": None}
 
 
@@ -119,7 +119,7 @@ class VariantEmbedder:
     """Everything heavy loads once (a Masker, an embedder sharing its 68-point predictor).
 
     ``image_rows(key, data)`` -> one row per variant: ``{key, variant, status, error,
-    method, embedding float32 (D,) or None}``; ``stored_rows(rows)`` does the same for rows
+    method, embedding float32 (D,) or None}`` (the first four named as in the contract); ``stored_rows(rows)`` does the same for rows
     of a masked data set (the contract's ``key, variant, status, image/aligned,
     landmarks``), embedding the stored images instead of drawing masks."""
 
@@ -258,11 +258,11 @@ class VariantEmbedder:
             except Exception as e:  # noqa: BLE001 - the embedder's failure is these rows' status
                 log.exception("embedding failed")
                 for i in idx:
-                    rows[i].update(status=EMBED_FAILED, error=f"{type(e).__name__}: {e}")
+                    rows[i][S.STATUS], rows[i][S.ERROR] = EMBED_FAILED, f"{type(e).__name__}: {e}"
         for i, r in enumerate(rows):
-            if r["status"] == OK and not np.isfinite(emb[i]).all():
-                r.update(status=EMBED_FAILED, error=r.get("error") or "embedder returned no vector")
-            r["embedding"] = emb[i] if r["status"] == OK else None
+            if r[S.STATUS] == OK and not np.isfinite(emb[i]).all():
+                r[S.STATUS], r[S.ERROR] = EMBED_FAILED, r.get(S.ERROR) or "embedder returned no vector"
+            r["embedding"] = emb[i] if r[S.STATUS] == OK else None
         return rows
 
 
@@ -299,7 +299,7 @@ class Embeddings:
         vi = {v: j for j, v in enumerate(self.variants)}
         n = 0
         for r in rows:
-            k, v = ki.get(r["key"]), vi.get(r["variant"])
+            k, v = ki.get(r[S.KEY]), vi.get(r[S.VARIANT])
             if k is None or v is None:
                 continue
             if r.get("embedding") is not None:
@@ -307,7 +307,7 @@ class Embeddings:
                 if self.emb.shape[2] != e.size:
                     self.emb = np.full(self.emb.shape[:2] + (e.size,), np.nan, np.float32)
                 self.emb[k, v] = e
-            self.status[k, v], self.error[k, v], self.method[k, v] = r["status"], r.get("error"), r.get("method", "")
+            self.status[k, v], self.error[k, v], self.method[k, v] = r[S.STATUS], r.get(S.ERROR), r.get("method", "")
             n += 1
         return n
 
@@ -479,7 +479,7 @@ def _statuses(E: Embeddings) -> tuple[dict, dict, list]:
         counts[v] = {str(a): int(b) for a, b in zip(u, c)}
     u, c = np.unique(E.method[:, 0].astype(str), return_counts=True)
     methods = {str(a) or "none": int(b) for a, b in zip(u, c)}
-    failures = [{"key": E.keys[k], "variant": E.variants[j], "status": str(E.status[k, j]), "error": E.error[k, j]}
+    failures = [{S.KEY: E.keys[k], S.VARIANT: E.variants[j], S.STATUS: str(E.status[k, j]), S.ERROR: E.error[k, j]}
                 for k, j in zip(*np.nonzero(E.status != OK))]
     return counts, methods, failures
 

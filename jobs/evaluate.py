@@ -196,14 +196,14 @@ class EmbedActor:
                                              self.wanted)
         else:
             rows = []
-            for key in map(str, batch["key"]):
+            for key in map(str, batch[S.KEY]):
                 data, err = None, None
                 try:
                     data = storage.read_bytes(storage.join_uri(self.images, key))
                 except Exception as e:  # noqa: BLE001 - missing file, permission, network: a row
                     err = f"{type(e).__name__}: {e}"
                 rows.extend(self.embedder.image_rows(key, data, err))
-        cols = {n: [r.get(n) for r in rows] for n in ("key", "variant", "status", "error", "method")}
+        cols = {n: [r.get(n) for r in rows] for n in (S.KEY, S.VARIANT, S.STATUS, S.ERROR, "method")}
         cols["embedding"] = [None if r["embedding"] is None else np.asarray(r["embedding"], np.float32) for r in rows]
         return pa.table(cols, schema=self.schema)
 
@@ -211,8 +211,8 @@ class EmbedActor:
 def _schema(dim: int) -> Any:
     import pyarrow as pa
 
-    return pa.schema([("key", pa.string()), ("variant", pa.string()), ("status", pa.string()),
-                      ("error", pa.string()), ("method", pa.string()), ("embedding", pa.list_(pa.float32(), dim))])
+    return pa.schema([(S.KEY, pa.string()), (S.VARIANT, pa.string()), (S.STATUS, pa.string()),
+                      (S.ERROR, pa.string()), ("method", pa.string()), ("embedding", pa.list_(pa.float32(), dim))])
 
 
 def _model_uses_gpu(model: str) -> bool:
@@ -250,7 +250,7 @@ def embed_images(cfg: EvaluateConfig, keys: Sequence[str], parquet: bool) -> ver
         ds = ray.data.read_parquet(S.data_files(fs, path), filesystem=fs,
                                    columns=list(S.columns_for("evaluate")))
     else:
-        ds = ray.data.from_items([{"key": k} for k in keys],
+        ds = ray.data.from_items([{S.KEY: k} for k in keys],
                                  override_num_blocks=max(1, min(len(keys) // cfg.batch_size, 400)))
     ds = ds.map_batches(EmbedActor, fn_constructor_kwargs=ctor, batch_size=cfg.batch_size, batch_format="numpy",
                         compute=ray.data.ActorPoolStrategy(size=n_actors), num_cpus=cfg.actor_cpus,

@@ -184,8 +184,9 @@ def _read_text(uri: str, flag: str) -> str:
         raise UsageError(f"{flag} {uri}: file not found") from None
 
 
-def list_inputs(cfg: MaskDatasetConfig) -> list[mds.InputItem]:
-    """Every input (sorted by key, no duplicates), after --per-identity and --max-images."""
+def list_inputs(cfg: MaskDatasetConfig) -> tuple[list[mds.InputItem], int]:
+    """(every input, sorted by key, no duplicates, after --per-identity and --max-images;
+    how many were listed before those)."""
     assert cfg.input is not None
     if not storage.exists(cfg.input):
         raise UsageError(f"--input {cfg.input}: not found")
@@ -196,13 +197,14 @@ def list_inputs(cfg: MaskDatasetConfig) -> list[mds.InputItem]:
         prefix = "s3://" if storage.is_s3(cfg.input) else ""
         keys = [u[len(prefix):][len(root):].lstrip("/") for u in storage.list_files(cfg.input, IMAGE_EXTENSIONS)]
     items = [mds.InputItem.from_key(k) for k in sorted(set(keys))]
+    listed = len(items)
     if cfg.per_identity:
         items = mds.sample_per_identity(items, cfg.per_identity, cfg.seed)
     if cfg.max_images is not None:
         items = items[: cfg.max_images]
     if not items:
         raise UsageError(f"no images under {cfg.input}" + (f" listed in {cfg.files}" if cfg.files else ""))
-    return items
+    return items, listed
 
 
 def face_tables(cfg: MaskDatasetConfig) -> tuple[dict | None, dict | None]:
@@ -218,10 +220,6 @@ def face_tables(cfg: MaskDatasetConfig) -> tuple[dict | None, dict | None]:
 def prepare_output(cfg: MaskDatasetConfig, fp: dict[str, Any]) -> tuple[Any, str]:
     """Check the output against the input and earlier runs (or clear it); -> (fs, root)."""
     assert cfg.input is not None and cfg.output is not None
-    # an output inside the input would be listed as input next time; an input inside the
-    # output would be scanned (and with --overwrite, deleted) as output
-    if storage.inside(cfg.input, cfg.output) or (storage.inside(cfg.output, cfg.input) and not cfg.files):
-        raise UsageError(f"--output {cfg.output} and --input {cfg.input} overlap; write the data set elsewhere")
     try:
         storage.ensure_dir(cfg.output)
     except FileNotFoundError as e:
@@ -258,7 +256,11 @@ def run(cfg: MaskDatasetConfig) -> dict[str, Any]:
     variants = plan(cfg)
     names = [v.name for v in variants]
     fp = fingerprint(cfg, variants)
-    items = list_inputs(cfg)
+    # an output inside the input would be listed as input next time; an input inside the
+    # output would be scanned (and with --overwrite, deleted) as output
+    if storage.inside(cfg.input, cfg.output) or (storage.inside(cfg.output, cfg.input) and not cfg.files):
+        raise UsageError(f"--output {cfg.output} and --input {cfg.input} overlap; write the data set elsewhere")
+    items, listed = list_inputs(cfg)
     boxes, lms = face_tables(cfg)
     out_fs, out_root = prepare_output(cfg, fp)
     log.info("%d inputs (%d identities); variants: %s", len(items), len({it.identity for it in items}),
@@ -273,7 +275,7 @@ def run(cfg: MaskDatasetConfig) -> dict[str, Any]:
     log.info("resume: %d of %d inputs already done, %d to process", len(items) - len(todo), len(items), len(todo))
     summary: dict[str, Any] = {
         "run_id": run_id, "input": cfg.input, "output": cfg.output, "config": dataclasses.asdict(cfg),
-        "fingerprint": fp, "variants": names, "inputs": len(items), "inputs_skipped": len(items) - len(todo),
+        "fingerprint": fp, "variants": names, "inputs": len(items), "inputs_listed": listed, "inputs_skipped": len(items) - len(todo),
         "inputs_processed": len(todo), "rows_expected": sum(len(only.get(it.key, names)) for it in todo),
         "boxes_matched": sum(1 for it in items if mds.lookup(boxes, it.key)) if boxes else None,
         "landmarks_matched": sum(1 for it in items if mds.lookup(lms, it.key)) if lms else None,

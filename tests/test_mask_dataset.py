@@ -21,12 +21,18 @@ import pytest
 
 from jobs import export_images
 from jobs import mask_dataset as md
+from jobs import mask_stages as stages
+from jobs import storage
+from jobs.cli import UsageError
+from masktheface import dataset as mds
+from masktheface import dataset_schema as S
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from badfiles import FACE_UNCERTAIN, NO_FACE, write_bad_corpus  # noqa: E402
 
 LFW_VARIANTS = ["original", "cloth", "surgical_green", "surgical_blue", "N95"]
-BAD = "zz_bad"  # the bad corpus' folder: sorts after every LFW identity
+BAD = "zz_bad"
+ROOT = Path(__file__).resolve().parents[1]  # the bad corpus' folder: sorts after every LFW identity
 
 # ---------------------------------------------------------------------------------- helpers
 
@@ -47,7 +53,7 @@ def expected_status(code: str, name: str) -> set[str]:
 def read_output(out: Path | str, fs: pafs.FileSystem | None = None) -> pa.Table:
     fs = fs or pafs.LocalFileSystem()
     root = str(out)
-    files = md._output_parquet_files(fs, root)
+    files = S.data_files(fs, root)
     return pa.concat_tables([pq.read_table(f, filesystem=fs) for f in files])
 
 
@@ -114,106 +120,109 @@ def test_recipes_and_cli():
                          "original,N95,surgical-#0473e2", "--code", "mix=cloth,N95", "--code",
                          "surgical_blue,KN95", "--aligned", "none"])
     assert cfg.aligned is None and cfg.variants == ("original", "N95", "surgical-#0473e2")
-    plans = md.plan_variants(cfg)
+    plans = md.plan(cfg)
     assert [p.name for p in plans] == ["original", "N95", "surgical-0473e2", "mix", "masked"]
     assert [len(p.specs) for p in plans] == [0, 1, 1, 2, 2]
-    assert [p.name for p in md.plan_variants(md.MaskDatasetConfig(recipe="lfw-sm"))] == LFW_VARIANTS
-    sm = md.plan_variants(md.MaskDatasetConfig())
-    assert [p.name for p in sm] == ["original", "masked"] and sm[1].draw_per_image
-    with pytest.raises(ValueError, match="unique"):
-        md.plan_variants(md.parse_args(["--recipe", "custom", "--variants", "N95,n95"]))
-    with pytest.raises(ValueError, match="custom"):
+    assert [p.name for p in mds.plan_variants("lfw-sm")] == LFW_VARIANTS
+    sm = mds.plan_variants("vggface2-mini-sm")
+    assert [p.name for p in sm] == ["original", "masked"] and sm[1].draw == "image"
+    with pytest.raises(UsageError, match="unique"):
+        md.plan(md.parse_args(["--recipe", "custom", "--variants", "N95,n95"]))
+    with pytest.raises(UsageError, match="custom"):
         md.MaskDatasetConfig(recipe="lfw-sm", code=("N95",))
-    with pytest.raises(ValueError, match="unknown mask type"):
-        md.check_mask_types(md.plan_variants(md.parse_args(["--recipe", "custom", "--code", "bogus"])))
-    assert md.MaskDatasetConfig(no_face_is_error=True).error_statuses[-1] == "no_face"
+    with pytest.raises(UsageError, match="unknown mask type 'bogus'"):
+        md.plan(md.parse_args(["--recipe", "custom", "--code", "bogus"]))
+    assert md.MaskDatasetConfig(count_no_face_as_error=True).error_statuses[-1] == "no_face"
     assert "no_face" not in md.MaskDatasetConfig().error_statuses
+    for bad in (["--quality", "500"], ["--num-actors", "0"], ["--max-error-rate", "2"], ["--run-id", "a b"]):
+        with pytest.raises(UsageError):
+            md.parse_args(bad)
 
 
-def test_vggface2_draw_is_per_image_seeded_and_uniform():
-    plans = md.plan_variants(md.MaskDatasetConfig())
-    drawn = [md.variants_for(plans, 0, f"n{i:06d}/0001_01.jpg")[1].specs for i in range(400)]
-    assert all(len(s) == 1 for s in drawn)
-    counts = Counter(s[0].mask_type for s in drawn)
-    assert set(counts) == set(md.SM_TYPES) and min(counts.values()) > 60
-    again = [md.variants_for(plans, 0, f"n{i:06d}/0001_01.jpg")[1].specs for i in range(400)]
-    assert drawn == again
-    other = [md.variants_for(plans, 1, f"n{i:06d}/0001_01.jpg")[1].specs for i in range(400)]
-    assert drawn != other
+def test_vggface2_draw_is_per_image_by_name_and_uniform():
+    """The recipe's 'masked' variant draws one type per image from the variant's own
+    stream (seed, key, name): the same draw wherever that variant is rendered."""
+    from masktheface.spec import choose, variant_rng
+
+    masked = mds.plan_variants("vggface2-mini-sm")[1]
+    keys = [f"n{i:06d}/0001_01.jpg" for i in range(400)]
+    drawn = [choose(masked.specs, variant_rng(0, k, masked.name)).mask_type for k in keys]
+    counts = Counter(drawn)
+    assert set(counts) == set(mds.SM_TYPES) and min(counts.values()) > 60
+    assert drawn != [choose(masked.specs, variant_rng(1, k, masked.name)).mask_type for k in keys]
 
 
-def test_boxes_landmarks_and_file_lists(tmp_path):
-    vgg = tmp_path / "loose_bb_train.csv"
-    vgg.write_text('NAME_ID,X,Y,W,H\n"n000002/0001_01",161,140,224,324\n"n000002/0002_01",10,20,30,40\n')
-    b = md.read_boxes(str(vgg))
+def test_boxes_landmarks_and_file_lists():
+    vgg = 'NAME_ID,X,Y,W,H\n"n000002/0001_01",161,140,224,324\n"n000002/0002_01",10,20,30,40\n'
+    b = mds.parse_boxes(vgg)
     assert b["n000002/0001_01"] == [[161, 140, 385, 464]]
-    assert md._lookup(b, "n000002/0001_01.jpg") == [[161, 140, 385, 464]]
-    assert md._lookup(b, "train/n000002/0001_01.jpg") == [[161, 140, 385, 464]]  # root above
-    generic = tmp_path / "boxes.csv"
-    generic.write_text("a/x.jpg,1,2,50,60\na/x.jpg,60,2,90,40\n")  # two faces, xyxy, no header
-    assert md.read_boxes(str(generic))["a/x"] == [[1, 2, 50, 60], [60, 2, 90, 40]]
-    noheader_vgg = tmp_path / "vgg_noheader.csv"
-    noheader_vgg.write_text("n1/01,1,2,3,4\n")
-    assert md.read_boxes(str(noheader_vgg))["n1/01"] == [[1, 2, 4, 6]]
+    assert mds.lookup(b, "n000002/0001_01.jpg") == [[161, 140, 385, 464]]
+    assert mds.lookup(b, "train/n000002/0001_01.jpg") == [[161, 140, 385, 464]]  # root above
+    two = mds.parse_boxes("a/x.jpg,1,2,50,60\na/x.jpg,60,2,90,40\n")  # two faces, xyxy, no header
+    assert two["a/x"] == [[1, 2, 50, 60], [60, 2, 90, 40]]
+    assert mds.parse_boxes("n1/01,1,2,3,4\n")["n1/01"] == [[1, 2, 4, 6]]
     with pytest.raises(ValueError, match="empty box"):
-        generic.write_text("a/x.jpg,10,10,5,5\n")
-        md.read_boxes(str(generic))
-    lm = tmp_path / "lm.csv"
+        mds.parse_boxes("a/x.jpg,10,10,5,5\n")
     pts = np.arange(136, dtype=float)
-    lm.write_text("path," + ",".join(f"p{i}" for i in range(136)) + "\n/abs/root/id/img.png,"
-                  + ",".join(map(str, pts)) + "\n")
-    got = md.read_landmarks(str(lm))
-    assert md._lookup(got, "id/img.png") == [pts.tolist()]
-    lst = tmp_path / "list.csv"
-    lst.write_text("NAME_ID,other\nid1/a.jpg,1\n/root/data/id2/b.jpg,2\n")
-    assert md.read_file_list(str(lst), "/root/data") == ["id1/a.jpg", "id2/b.jpg"]
+    got = mds.parse_landmarks("path," + ",".join(f"p{i}" for i in range(136)) + "\n/abs/root/id/img.png,"
+                              + ",".join(map(str, pts)) + "\n")
+    assert mds.lookup(got, "id/img.png") == [pts.tolist()]
+    lst = "NAME_ID,other\nid1/a.jpg,1\n/root/data/id2/b.jpg,2\n"
+    assert mds.parse_file_list(lst, "/root/data") == ["id1/a.jpg", "id2/b.jpg"]
+    assert mds.parse_file_list("# c\n./x/1.jpg\n", "s3://b/in") == ["x/1.jpg"]
 
 
 def test_per_identity_sampling_is_seeded_and_stable():
-    items = [md.InputItem(f"p{i}/{j:03d}.jpg", f"p{i}") for i in range(5) for j in range(10 + i)]
-    a = md.sample_per_identity(items, 4, seed=3)
+    items = [mds.InputItem(f"p{i}/{j:03d}.jpg", f"p{i}") for i in range(5) for j in range(10 + i)]
+    a = mds.sample_per_identity(items, 4, seed=3)
     assert Counter(it.identity for it in a) == {f"p{i}": 4 for i in range(5)}
-    assert a == md.sample_per_identity(list(reversed(items)), 4, seed=3)
-    assert a != md.sample_per_identity(items, 4, seed=4)
+    assert a == mds.sample_per_identity(list(reversed(items)), 4, seed=3)
+    assert a != mds.sample_per_identity(items, 4, seed=4)
     # an identity's sample does not depend on the others
-    only_p2 = md.sample_per_identity([it for it in items if it.identity == "p2"], 4, seed=3)
+    only_p2 = mds.sample_per_identity([it for it in items if it.identity == "p2"], 4, seed=3)
     assert only_p2 == [it for it in a if it.identity == "p2"]
-    assert len(md.sample_per_identity(items[:3], 10, seed=0)) == 3
+    assert len(mds.sample_per_identity(items[:3], 10, seed=0)) == 3
+    assert mds.InputItem.from_key("a/b/c.jpg") == mds.InputItem("a/b/c.jpg", "b")
+    assert mds.InputItem.from_key("c.jpg").identity == ""
 
 
 def test_plan_resume():
     done = pa.table({"key": ["a", "a", "b", "c", "c", "c", "c", "z"],
                      "variant": ["o", "m", "o", "o", "m", "x", "m", "o"], "status": ["ok"] * 8})
-    finished, only = md.plan_resume(done, ["a", "b", "c", "d"], ["o", "m"])
+    finished, only = mds.plan_resume(done, ["a", "b", "c", "d"], ["o", "m"])
     assert finished == [True, False, True, False]   # "c" has a duplicate and an unknown variant
     assert only == {"b": ["m"]}                       # "d": untouched -> every variant
-    assert md.plan_resume(done.slice(0, 0), ["a"], ["o"]) == ([False], {})
+    assert mds.plan_resume(done.slice(0, 0), ["a"], ["o"]) == ([False], {})
 
 
 def test_mask_batch_without_ray(lfw_images_dir, tmp_path):
-    """The actor class called directly: fixed schema, supplied boxes/landmarks, read errors."""
+    """The actor class called directly: the contract's schema, supplied boxes/landmarks,
+    read errors, the 'only' column of a partly finished input."""
+    import cv2
+
+    from masktheface.pipeline import Masker
+
     face = lfw_images_dir / "Aaron_Eckhart" / "Aaron_Eckhart_0001.jpg"
     root = tmp_path / "in"
     (root / "a").mkdir(parents=True)
     for n in ("det.jpg", "box.jpg", "lm.jpg"):
         shutil.copy(face, root / "a" / n)
-    items = [md.InputItem(f"a/{n}", "a") for n in ("det.jpg", "box.jpg", "lm.jpg", "missing.jpg")]
-    from masktheface.pipeline import Masker
-    faces = Masker().find_faces(__import__("cv2").imread(str(face)))
+    items = [mds.InputItem(f"a/{n}", "a") for n in ("det.jpg", "box.jpg", "lm.jpg", "missing.jpg")]
+    faces = Masker().find_faces(cv2.imread(str(face)))
     assert len(faces) == 1
     box = [float(v) for v in faces[0].box]
     boxes = {"a/box": [box]}
     lms = {"a/lm": [faces[0].landmarks.reshape(-1).tolist()]}
-    tbl = md._input_table(items, boxes, lms, {"a/det.jpg": ["original", "N95"]}, str(root))
+    tbl = stages.input_table(items, boxes, lms, {"a/det.jpg": ["original", "N95"]}, str(root))
     assert tbl.column("source").to_pylist()[0] == str(root / "a" / "det.jpg")
-    tbl = md.read_files(tbl, pafs.LocalFileSystem(), threads=4)
+    tbl = stages.read_files(tbl, pafs.LocalFileSystem(), threads=4)
     assert tbl.column("read_error").to_pylist()[:3] == [None] * 3
     assert "FileNotFound" in tbl.column("read_error").to_pylist()[3]
-    plans = md.plan_variants(md.parse_args(["--recipe", "custom", "--variants", "original,N95,cloth"]))
-    mb = md.MaskBatch(plans, seed=0, aligned=112, image_format="png", quality=95, run_id="t",
-                      masker_kwargs={})
+    variants = mds.plan_variants("custom", ("original", "N95", "cloth"))
+    mb = stages.MaskBatch(stages.MaskSettings(variants, 0, 112, "png", 95, "t", {}))
     out = mb(tbl)
-    assert out.schema.equals(md.output_schema(), check_metadata=True)
+    assert out.schema.equals(S.arrow_schema(), check_metadata=True)
+    S.validate_table(out)
     rows = out.to_pylist()
     assert [(r["key"], r["variant"]) for r in rows] == [
         ("a/det.jpg", "original"), ("a/det.jpg", "N95"),  # "only": the rest is done
@@ -226,10 +235,10 @@ def test_mask_batch_without_ray(lfw_images_dir, tmp_path):
         assert r["status"] == "ok" and r["masked"] and r["mask_type"] == "N95" and r["masked_faces"] == 1
         assert r["format"] == "png" and r["image"].startswith(b"\x89PNG") and r["aligned_size"] == 112
         assert len(r["landmarks"]) == 136 and len(r["faces"]) == 1 and r["faces"][0]["status"] == "ok"
+        assert r["primary_face"] == 0
         o = by[(f"a/{n}", "original")]
         assert not o["masked"] and o["mask_type"] is None and o["faces_from"] == r["faces_from"]
         # same transform (from the unmasked landmarks) for both crops; the masked one shows the mask
-        import cv2
         a0, a1 = (cv2.imdecode(np.frombuffer(x["aligned"], np.uint8), cv2.IMREAD_COLOR) for x in (o, r))
         assert a0.shape == a1.shape == (112, 112, 3)
         assert np.abs(a0[:40].astype(int) - a1[:40]).mean() < 2 < np.abs(a0[70:].astype(int) - a1[70:]).mean()
@@ -237,7 +246,32 @@ def test_mask_batch_without_ray(lfw_images_dir, tmp_path):
     np.testing.assert_allclose(by[("a/box.jpg", "N95")]["box"], box)
     miss = by[("a/missing.jpg", "cloth")]
     assert miss["status"] == "read_error" and miss["image"] is None and miss["faces"] == []
-    assert miss["mask_type"] == "cloth" and miss["width"] is None
+    assert miss["mask_type"] == "cloth" and miss["width"] is None and miss["primary_face"] is None
+
+
+def test_usage_errors_before_any_work(tmp_path, capsys):
+    """Bad input is exit status 2 with one line, before Ray is started."""
+    (tmp_path / "in" / "p").mkdir(parents=True)
+    cases = [
+        (["--input", str(tmp_path / "absent"), "--output", str(tmp_path / "o")], "not found"),
+        (["--input", str(tmp_path / "in"), "--output", str(tmp_path / "in" / "out")], "overlap"),
+        (["--input", str(tmp_path / "in"), "--output", str(tmp_path / "o")], "no images"),
+        (["--input", str(tmp_path / "in"), "--output", str(tmp_path / "o"), "--files", "nope.txt"], "not found"),
+        (["--smoke-test", "--input", str(tmp_path / "in")], "--smoke-test brings its own data"),
+        (["--recipe", "custom", "--variants", "original,"], "empty entry"),
+    ]
+    for argv_, msg in cases:
+        assert md.cli(argv_) == 2, argv_
+        err = capsys.readouterr().err
+        assert msg in err and "Traceback" not in err, (argv_, err)
+
+
+def test_smoke_test_without_data_fails_clearly(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MASKTHEFACE_DATA", str(tmp_path / "nothing-here"))
+    assert md.cli(["--smoke-test"]) == 2
+    err = capsys.readouterr().err
+    assert "needs lfw/lfw-deepfunneled" in err and "MASKTHEFACE_DATA" in err and "Traceback" not in err
+    assert not list(tmp_path.iterdir())  # nothing made up, nothing written
 
 
 # ---------------------------------------------------------------------------------- Ray runs
@@ -282,12 +316,12 @@ def test_every_input_and_variant_accounted_for(runs, corpus):
 
 @pytest.mark.ray
 def test_schema_is_exact_in_every_file(runs):
-    files = md._output_parquet_files(pafs.LocalFileSystem(), str(runs["out"]))
+    files = S.data_files(pafs.LocalFileSystem(), str(runs["out"]))
     # at least one file per run (how many depends on how Ray Data splits the stream)
     assert len(files) >= 2 and all("/part-run" in f for f in files)
     assert {f.split("/part-")[1].split("-")[0] for f in files} == {"run1", "run2"}
     for f in files:
-        assert pq.read_schema(f).remove_metadata().equals(md.output_schema()), f
+        assert pq.read_schema(f).remove_metadata().equals(S.arrow_schema()), f
     # readable as it is, with the image bytes and (68,2) landmarks usable
     import cv2
     df = pq.read_table(files[0]).to_pandas()
@@ -317,7 +351,7 @@ def test_rerun_resumes_without_duplicates_or_recomputation(runs, corpus):
 
 @pytest.mark.ray
 def test_refuses_to_mix_settings(runs):
-    with pytest.raises(md.MaskDatasetError, match="other settings.*seed"):
+    with pytest.raises(UsageError, match="other settings.*seed"):
         md.main(runs["common"][:-2] + ["--seed", "8"])
 
 
@@ -327,7 +361,7 @@ def test_half_written_file_is_quarantined_and_redone_with_the_same_bytes(runs, t
     rerun and come out byte-identical (seed + key decide everything)."""
     out = tmp_path / "copy"
     shutil.copytree(runs["out"], out)
-    victim = sorted(md._output_parquet_files(pafs.LocalFileSystem(), str(out)))[0]
+    victim = sorted(S.data_files(pafs.LocalFileSystem(), str(out)))[0]
     before = pq.read_table(victim)
     data = Path(victim).read_bytes()
     Path(victim).write_bytes(data[: len(data) // 2])
@@ -387,8 +421,30 @@ def test_export_images(runs, corpus, tmp_path):
     files = [p for p in out.rglob("*") if p.is_file() and p.name != "_export.json"]
     assert len(files) == s["images"] + s["aligned"]
     only = export_images.main(["--input", str(runs["out"]), "--output", str(tmp_path / "n95"),
-                               "--variants", "N95", "--no-aligned", "--status", "ok"])
-    assert only["aligned"] == 0 and set(only["images_per_variant"]) == {"N95"}
+                               "--variants", "N95,cloth", "--no-aligned", "--status", "ok"])
+    assert only["aligned"] == 0 and set(only["images_per_variant"]) == {"N95", "cloth"}
+
+
+@pytest.mark.ray
+def test_export_refuses_bad_input(runs, tmp_path, capsys):
+    """Exit status 2, one line, nothing written: an output inside the data set (it would
+    corrupt it), a variant the data set does not hold, the old space-separated list."""
+    inside = runs["out"] / "images"
+    cases = [(["--input", str(runs["out"]), "--output", str(inside)], "overlap"),
+             (["--input", str(runs["out"]), "--output", str(runs["out"])], "overlap"),
+             (["--input", str(runs["out"]), "--output", str(tmp_path / "x"), "--variants", "N95,bogus"],
+              "bogus: not in"),
+             (["--input", str(runs["out"]), "--output", str(tmp_path / "x"), "--variants", "N95", "cloth"],
+              "unrecognized arguments"),
+             (["--input", str(runs["out"]), "--output", str(tmp_path / "x"), "--status", "fine"], "unknown"),
+             (["--input", str(tmp_path / "empty"), "--output", str(tmp_path / "x")], "no data files")]
+    (tmp_path / "empty").mkdir()
+    for a, msg in cases:
+        assert export_images.cli(a) == 2, a
+        err = capsys.readouterr().err
+        assert msg in err and "Traceback" not in err, (a, err)
+    assert not inside.exists() and not (tmp_path / "x").exists()
+    assert read_output(runs["out"]).num_rows == runs["t2"].num_rows  # still readable
 
 
 @pytest.mark.ray
@@ -414,15 +470,15 @@ def test_s3_input_and_output(corpus, ray_session, s3_server, s3_bucket, s3_env, 
     chosen = s["inputs"]
     assert chosen == 3 * 2 + 2 and s["inputs_listed"] == len(up)
     assert s["missing"] == 0 and s["rows_written"] == 2 * chosen
-    out_fs, out_root = md.common.filesystem_for(f"{s3_bucket}/out")
+    out_fs, out_root = storage.filesystem_for(f"{s3_bucket}/out")
     t = read_output(out_root, out_fs)
-    assert t.schema.remove_metadata().equals(md.output_schema())
+    assert t.schema.remove_metadata().equals(S.arrow_schema())
     assert Counter(k.split("/")[0] for k, v in pairs(t) if v == "original") == \
         {**{p: 2 for p in people}, BAD: 2}
     rows = t.to_pylist()
     assert all(r["source"] == f"{s3_bucket}/in/{r['key']}" for r in rows)
     masked = [r for r in rows if r["variant"] == "masked" and r["status"] == "ok"]
-    assert masked and {r["mask_type"] for r in masked} <= set(md.SM_TYPES)
+    assert masked and {r["mask_type"] for r in masked} <= set(mds.SM_TYPES)
     assert all(r["aligned_size"] == 112 for r in rows)
     if boxed in {r["key"] for r in rows}:
         assert {r["faces_from"] for r in rows if r["key"] == boxed} == {"boxes"}
@@ -436,14 +492,32 @@ def test_s3_input_and_output(corpus, ray_session, s3_server, s3_bucket, s3_env, 
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_ray_job_submit_smoke_test(ray_head, corpus, tmp_path):
-    """``ray job submit --working-dir . -- python -m jobs.mask_dataset --smoke-test``."""
+def test_ray_job_submit_smoke_test(ray_head, tmp_path, data_dir):
+    """``ray job submit --runtime-env-json <cluster/runtime_env.yaml> -- python -m
+    jobs.mask_dataset --smoke-test``: the shipped working dir has no ../shared, so the data
+    is found through MASKTHEFACE_DATA of the runtime env; as shipped (a path this machine
+    does not have) the job fails clearly, with exit status 2 and the variable named."""
+    from jobs.raysetup import runtime_env_with_s3
+
+    rt = runtime_env_with_s3(ROOT / "cluster" / "runtime_env.yaml")
+    rt.pop("working_dir", None)  # submit() passes --working-dir itself
+    shipped = rt["env_vars"]["MASKTHEFACE_DATA"]
+    assert not Path(shipped).exists()
+    bad = ray_head.submit(["python", "-m", "jobs.mask_dataset", "--smoke-test"], runtime_env=rt, timeout=300)
+    assert bad.returncode != 0
+    log = bad.stdout + bad.stderr
+    assert "--smoke-test needs lfw/lfw-deepfunneled" in log and shipped in log and "Traceback" not in log
+
     out = tmp_path / "job-out"
-    proc = ray_head.submit(["python", "-m", "jobs.mask_dataset", "--smoke-test", "--input",
-                            str(corpus["root"]), "--output", str(out)], timeout=420)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    rt["env_vars"]["MASKTHEFACE_DATA"] = str(data_dir)
+    proc = ray_head.submit(["python", "-m", "jobs.mask_dataset", "--smoke-test", "--output", str(out)],
+                           runtime_env=rt, timeout=420)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert f"output: {out}" in log and "rows written: 60" in log
+    assert "Token authentication is enabled" not in log
     summary = json.loads((out / "_summary.json").read_text())
     assert summary["ray"]["mode"] == "connected"
-    assert summary["inputs_processed"] == 12 and summary["rows_written"] == 24
-    assert summary["missing"] == 0 and summary["statuses"].get("ok", 0) >= 20
-    assert read_output(out).num_rows == 24
+    assert summary["inputs_processed"] == 12 and summary["rows_written"] == 60
+    assert summary["missing"] == 0 and summary["statuses"].get("ok", 0) >= 50
+    assert read_output(out).num_rows == 60
