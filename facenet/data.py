@@ -380,5 +380,8 @@ def make_pairs(labels: np.ndarray, n_pairs: int, seed: int = 0) -> tuple[np.ndar
         la, lb = rng.choice(len(keys), 2, replace=False)
         pairs.append((rng.choice(by_label[keys[la]]), rng.choice(by_label[keys[lb]])))
         same.append(False)
-    return np.asarray(pairs, np.int64), np.asarray(same, bool)
+    # interleave the classes: k-fold threshold selection over contiguous folds needs both
+    # classes in every fold
+    order = rng.permutation(len(pairs))
+    return np.asarray(pairs, np.int64)[order], np.asarray(same, bool)[order]
 
