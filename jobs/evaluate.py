@@ -247,8 +247,8 @@ def embed_images(cfg: EvaluateConfig, keys: Sequence[str], parquet: bool) -> ver
     t0 = time.perf_counter()
     if parquet:
         fs, path = storage.filesystem_for(cfg.images)
-        ds = ray.data.read_parquet(S.data_files(fs, path), filesystem=fs,
-                                   columns=list(S.columns_for("evaluate")))
+        ds = ray.data.read_parquet(S.data_files(fs, path), filesystem=fs).select_columns(
+            list(S.columns_for("evaluate")))
     else:
         ds = ray.data.from_items([{S.KEY: k} for k in keys],
                                  override_num_blocks=max(1, min(len(keys) // cfg.batch_size, 400)))

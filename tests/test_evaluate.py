@@ -13,9 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facenet import report
+from facenet import report, verify
 from facenet.pairs import read_pairs
 from jobs import evaluate as ev
+from jobs.cli import UsageError, parse_config
+from masktheface import dataset_schema as S
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -28,21 +30,54 @@ def _cfg(**kw) -> ev.EvaluateConfig:
 
 
 def test_cli_builds_the_config():
-    argv = ["--pairs", "p.txt", "--images", "s3://b/lfw", "--output", "o", "--far", "0.0022", "0.001",
+    argv = ["--pairs", "p.txt", "--images", "s3://b/lfw", "--output", "o", "--far", "0.0022,0.001",
             "--variants", "original,N95", "--mixed", "--prealigned", "--limit-pairs", "20", "--seed", "3",
-            "--folds", "0", "1", "--fallback-box", "none"]
-    from jobs import common
-    cfg = common.parse_dataclass(ev.EvaluateConfig, argv)
-    assert cfg.far == (0.0022, 0.001) and cfg.variant_list == ("original", "N95")
+            "--folds", "0,1", "--fallback-box", "none", "--num-actors", "2", "--ray-address", "auto"]
+    cfg = parse_config(ev.EvaluateConfig, argv, prog="t")
+    assert cfg.far == (0.0022, 0.001) and cfg.variants == ("original", "N95")
     assert cfg.mixed and cfg.prealigned and cfg.limit_pairs == 20 and cfg.seed == 3
-    assert cfg.folds == (0, 1) and cfg.fallback is None and cfg.model == "dlib"
-    assert _cfg().fallback == ev.LFW_CENTRE_BOX
-    with pytest.raises(ValueError):
-        _cfg(fallback_box="0.5,0.5,0.2,0.9").fallback
-    with pytest.raises(ValueError):
-        _cfg(variants="original,mixed").variant_list
-    with pytest.raises(ValueError):
-        _cfg(variants="N95,N95").variant_list
+    assert cfg.folds == (0, 1) and cfg.fallback_box is None and cfg.model == "dlib"
+    assert cfg.num_actors == 2 and cfg.ray_address == "auto"
+    assert _cfg().fallback_box == verify.LFW_CENTRE_BOX and _cfg().variants == verify.PAPER_VARIANTS
+    assert parse_config(ev.EvaluateConfig, ["--fallback-box", "0.1,0.2,0.8,0.9"], prog="t").fallback_box == \
+        (0.1, 0.2, 0.8, 0.9)
+    for bad in (dict(fallback_box=(0.5, 0.5, 0.2, 0.9)), dict(variants=("original", "mixed")),
+                dict(variants=("N95", "N95")), dict(variants=("original", "bogus")), dict(far=(5.0,)),
+                dict(far=(0.0,)), dict(mixed=True, variants=("original",)), dict(limit_pairs=0)):
+        with pytest.raises(UsageError):
+            _cfg(**bad)
+
+
+def test_bad_input_is_refused_before_any_work(tmp_path, lfw_dir, capsys, monkeypatch):
+    """Exit status 2 with one line and no traceback, before Ray or an embedder starts
+    (no Ray session in this test: a start would show in its duration and log)."""
+    import sys
+
+    pairs = str(lfw_dir / "pairs.txt")
+    images = str(lfw_dir / "lfw-deepfunneled")
+    bad_pairs = tmp_path / "bad.txt"
+    bad_pairs.write_text("this is not\na pairs file at all\n")
+    cases = [
+        (["--far", "5"], "--far wants targets in (0, 1)"),
+        (["--variants", "original,bogus"], "unknown variant 'bogus'"),
+        (["--variants", "original,,N95"], "empty entry"),
+        (["--pairs", str(tmp_path / "absent.txt"), "--images", images, "--output", str(tmp_path / "o")],
+         "file not found"),
+        (["--pairs", str(bad_pairs), "--images", images, "--output", str(tmp_path / "o")], "not a pairs file"),
+        (["--pairs", pairs, "--images", str(tmp_path / "absent"), "--output", str(tmp_path / "o")], "not found"),
+        (["--pairs", pairs, "--images", images], "required"),
+        (["--smoke-test", "--pairs", pairs], "--smoke-test brings its own data"),
+        (["--far", "0.001", "0.01"], "unrecognized arguments"),
+    ]
+    for argv, msg in cases:
+        assert ev.cli(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert msg in err and "Traceback" not in err, (argv, err)
+    assert "ray" not in sys.modules or not __import__("ray").is_initialized()
+    assert not (tmp_path / "o").exists()
+    monkeypatch.setenv("MASKTHEFACE_DATA", str(tmp_path / "no-data"))
+    assert ev.cli(["--smoke-test"]) == 2
+    assert "needs lfw/pairs.txt" in capsys.readouterr().err
 
 
 def test_limit_pairs_spans_folds_and_classes(lfw_dir):
@@ -54,10 +89,11 @@ def test_limit_pairs_spans_folds_and_classes(lfw_dir):
 
 def test_mixed_choice_is_seeded_per_image():
     keys = [f"p{i}/p{i}_0001.jpg" for i in range(200)]
-    a = ev.mixed_choice(0, keys, ["N95", "cloth", "surgical_blue", "surgical_green"])
-    assert (a == ev.mixed_choice(0, keys, ["N95", "cloth", "surgical_blue", "surgical_green"])).all()
-    assert (a[50:] == ev.mixed_choice(0, keys[50:], ["N95", "cloth", "surgical_blue", "surgical_green"])).all()
-    assert not (a == ev.mixed_choice(1, keys, ["N95", "cloth", "surgical_blue", "surgical_green"])).all()
+    masks = ["N95", "cloth", "surgical_blue", "surgical_green"]
+    a = verify.mixed_choice(0, keys, masks)
+    assert (a == verify.mixed_choice(0, keys, masks)).all()
+    assert (a[50:] == verify.mixed_choice(0, keys[50:], masks)).all()
+    assert not (a == verify.mixed_choice(1, keys, masks)).all()
     assert set(a.tolist()) == {0, 1, 2, 3}
 
 
@@ -85,17 +121,21 @@ def _synthetic(tmp_path: Path, n_ids: int = 12, per: int = 4, dim: int = 16, see
     emb[5] = np.nan
     status[5] = "no_face"
     error[5] = "no face found"
-    E = ev.Embeddings(keys, variants, emb, status, error, np.full((len(keys), 2), "detected", object))
+    E = verify.Embeddings(keys, variants, emb, status, error, np.full((len(keys), 2), "detected", object))
     return tmp_path / "pairs.txt", E
 
 
 def test_metrics_grid_missing_pairs_and_report(tmp_path):
     pairs_file, E = _synthetic(tmp_path)
-    cfg = _cfg(pairs=str(pairs_file), variants="original,N95", mixed=True, cluster=True, far=(0.01, 0.1))
+    cfg = _cfg(pairs=str(pairs_file), variants=("original", "N95"), mixed=True, cluster=True, far=(0.01, 0.1))
     pairs, issame, folds = ev.load_pairs(cfg)
-    metrics, clusters = ev.compute_metrics(cfg, pairs, issame, folds, E)
+    metrics, clusters = verify.compute_metrics(pairs, issame, folds, E, far=cfg.far, mixed=True, cluster=True,
+                                               model="m", config=cfg)
     json.dumps(metrics, allow_nan=False)  # strict JSON
     assert metrics["variants"] == ["original", "N95", "mixed"]
+    assert set(metrics["grids"]) == set(verify.grid_keys(cfg.far))
+    assert set(metrics["cells"]["N95"]["original"]) <= set(verify.cell_keys(cfg.far))
+    assert set(metrics) <= set(verify.VerificationMetrics.__annotations__)
     acc = np.array(metrics["grids"]["accuracy"], dtype=float)
     assert acc.shape == (3, 3) and np.isfinite(acc).all()
     assert acc[0, 0] > acc[1, 1]  # noisier masked embeddings verify worse
@@ -112,7 +152,7 @@ def test_metrics_grid_missing_pairs_and_report(tmp_path):
     c = metrics["clustering"]
     assert c["n_identities"] == 12 and c["n_missing"] == 1 and 0 < c["purity"] <= 1 and 0 < c["nmi"] <= 1
     # the mixed variant reuses one masked embedding per image
-    names, mats = ev.variant_matrix(E, cfg)
+    names, mats = verify.variant_matrix(E, mixed=True)
     assert np.array_equal(mats["mixed"][:5], mats["N95"][:5], equal_nan=True)
 
     figs = report.make_figures(metrics, compare=metrics, clusters=clusters)
@@ -124,29 +164,57 @@ def test_metrics_grid_missing_pairs_and_report(tmp_path):
     html = report.render_html(metrics, "t")
     assert "![heatmap_accuracy.png](heatmap_accuracy.png)" in md and "| original |" in md
     assert "<img src='clusters.png'" in html and html.count("<table>") >= 3
+    text = ev.summarise({**metrics, "config": {"output": "out/x"}, "seconds": 75.2})
+    assert text.startswith("output: out/x") and "accuracy" in text and "1m15s" in text
 
 
 def test_embeddings_cache_round_trip_and_merge(tmp_path):
     _, E = _synthetic(tmp_path)
-    path = str(tmp_path / "e.npz")
-    E.save(path, "fp")
-    assert ev.Embeddings.load(path, "other") is None
-    L = ev.Embeddings.load(path, "fp")
+    data = E.to_bytes("fp")
+    assert verify.Embeddings.from_bytes(data, "other") is None
+    assert verify.Embeddings.from_bytes(b"garbage", "fp") is None
+    L = verify.Embeddings.from_bytes(data, "fp")
     assert L.keys == E.keys and np.array_equal(L.emb, E.emb, equal_nan=True)
     assert L.error[5, 0] == "no face found" and L.error[0, 0] is None
-    sub = ev.select(L, L.keys[:3] + ["new/new_0001.png"], ["N95", "cloth"])
+    sub = verify.select(L, L.keys[:3] + ["new/new_0001.png"], ["N95", "cloth"])
     assert sub.status[:3, 0].tolist() == ["ok"] * 3 and sub.status[3, 0] == "not_embedded"
     assert (sub.status[:, 1] == "not_embedded").all()
-    merged = ev.merge(L, sub)
+    merged = verify.merge(L, sub)
     assert merged.variants == ["original", "N95", "cloth"] and len(merged.keys) == len(E.keys) + 1
+    F = verify.Embeddings.empty(["a", "b"], ["original"])
+    assert F.fill([{"key": "b", "variant": "original", "status": "ok", "error": None, "method": "detected",
+                    "embedding": np.ones(4, np.float32)}, {"key": "zz", "variant": "original"}]) == 1
+    assert F.emb.shape == (2, 1, 4) and F.status[:, 0].tolist() == ["not_embedded", "ok"]
 
 
-def test_parse_landmarks_shapes():
-    lm = np.arange(136, dtype=np.float32)
-    assert ev._parse_landmarks(lm).shape == (68, 2)
-    two = [np.zeros(136), np.r_[np.zeros(68), np.arange(68) * 10.0]]
-    assert ev._parse_landmarks(np.concatenate(two))[:, 1].max() == 670
-    assert ev._parse_landmarks(None) is None and ev._parse_landmarks([1.0, 2.0]) is None
+def test_variant_embedder_rows_without_ray(lfw_images_dir):
+    """The evaluation's per-image work as a plain object: every failure is a row."""
+    from masktheface.imageio import decode_image
+
+    E = verify.VariantEmbedder(model="dlib", variants=["original", "N95"], seed=0,
+                               fallback_box=verify.LFW_CENTRE_BOX)
+    data = (lfw_images_dir / "Aaron_Eckhart" / "Aaron_Eckhart_0001.jpg").read_bytes()
+    rows = E.image_rows("Aaron_Eckhart/Aaron_Eckhart_0001.jpg", data)
+    assert [(r["variant"], r["status"], r["method"]) for r in rows] == [("original", "ok", "detected"),
+                                                                       ("N95", "ok", "detected")]
+    a, b = (np.asarray(r["embedding"]) for r in rows)
+    assert a.shape == (128,) and 0 < np.sum((a - b) ** 2) < 0.6  # the mask moves the embedding, not far
+    assert {r["status"] for r in E.image_rows("x", None, "gone")} == {"read_error"}
+    assert {r["status"] for r in E.image_rows("x", b"not an image")} == {"decode_error"}
+    blank = __import__("cv2").imencode(".png", np.full((120, 120, 3), 200, np.uint8))[1].tobytes()
+    fallback = E.image_rows("x", blank)  # no face: landmarks fitted in the centre box
+    assert fallback[0]["status"] == "ok" and {r["method"] for r in fallback} == {"centre_box"}
+    E.fallback_box = None
+    assert {r["status"] for r in E.image_rows("x", blank)} == {"no_face"}
+    face = E.find_face(decode_image(data))
+    stored = [{S.KEY: "k", S.VARIANT: "N95", S.STATUS: "ok", S.IMAGE: data,
+               S.LANDMARKS: face.landmarks.ravel().tolist()},
+              {S.KEY: "k", S.VARIANT: "original", S.STATUS: "no_face", S.IMAGE: None, S.LANDMARKS: None},
+              {S.KEY: "k", S.VARIANT: "cloth", S.STATUS: "ok", S.IMAGE: data, S.LANDMARKS: None}]
+    got = E.stored_rows(stored)
+    assert [(r["variant"], r["status"], r["method"]) for r in got] == [("N95", "ok", "landmarks"),
+                                                                      ("original", "no_face", "")]
+    np.testing.assert_allclose(got[0]["embedding"], a, atol=1e-6)  # same pixels, same landmarks
 
 
 # ---------------------------------------------------------------------------------- Ray
@@ -225,7 +293,7 @@ def test_job_mfr2_prealigned_with_clustering(ray_session, mfr2_dir, tmp_path):
     lines = (mfr2_dir / "pairs.txt").read_text().splitlines()[:10]
     (tmp_path / "pairs.txt").write_text("\n".join(lines) + "\n")
     m = ev.main(["--pairs", str(tmp_path / "pairs.txt"), "--images", str(mfr2_dir), "--output",
-                 str(tmp_path / "out"), "--prealigned", "--variants", "original,N95", "--far", "0.0022", "0.001",
+                 str(tmp_path / "out"), "--prealigned", "--variants", "original,N95", "--far", "0.0022,0.001",
                  "--cluster"])
     assert m["n_pairs"] == 10 and m["status_counts"]["original"].get("ok") == m["n_images"]
     assert set(m["alignment_methods"]) <= {"aligned_detected", "aligned_landmarks", "aligned_fixed"}
@@ -237,54 +305,41 @@ def test_job_mfr2_prealigned_with_clustering(ray_session, mfr2_dir, tmp_path):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_job_reads_mask_dataset_parquet(ray_session, lfw_dir, tmp_path):
-    """Rows shaped like jobs.mask_dataset's (key, variant, status, image, landmarks): the
-    masked rows are embedded with the stored (unmasked) landmarks, nothing is masked here."""
-    import cv2
-    import pyarrow as pa
+    """A masked data set written through the contract (the rows mask_dataset's actors make):
+    the masked rows are embedded with the stored (unmasked) landmarks, nothing is masked
+    here; a variant the data set does not hold is refused before any work."""
     import pyarrow.parquet as pq
 
-    from masktheface.pipeline import Masker, MaskerConfig
-    from masktheface.spec import MaskSpec, item_rng
+    from masktheface import dataset as mds
+    from masktheface.pipeline import Masker
 
     pairs = _write_lfw_subset(lfw_dir, tmp_path / "pairs.txt", missing=False)
     keys = sorted({k for p in pairs for k in (p.left, p.right)})
-    masker = Masker(MaskerConfig())
-    rows = []
+    masker, variants, rows = Masker(), mds.plan_variants("custom", ("original", "cloth")), []
     for k in keys:
-        data = (lfw_dir / "lfw-deepfunneled" / k).read_bytes()
-        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-        faces = masker.find_faces(bgr)
-        lm = faces[0].landmarks.ravel().tolist() if faces else None
-        rows.append(dict(key=k, variant="original", status="ok" if faces else "no_face", image=data, landmarks=lm))
-        if faces:
-            res = masker.mask(bgr, MaskSpec("cloth"), item_rng(0, k), faces=faces)
-            rows.append(dict(key=k, variant="cloth", status=res.status,
-                             image=cv2.imencode(".jpg", res.image)[1].tobytes(), landmarks=lm))
-        else:
-            rows.append(dict(key=k, variant="cloth", status="no_face", image=None, landmarks=None))
-    schema = pa.schema([("key", pa.string()), ("variant", pa.string()), ("status", pa.string()),
-                        ("image", pa.binary()), ("landmarks", pa.list_(pa.float32(), 136))])
+        base = {S.KEY: k, S.IDENTITY: k.split("/")[0], S.SOURCE: k, S.SEED: 0, S.FORMAT: "jpg", S.RUN_ID: "t",
+                S.FACES_FROM: "detector", S.ALIGNED_SIZE: None}
+        rows += mds.variant_rows(masker.process((lfw_dir / "lfw-deepfunneled" / k).read_bytes(), k, variants),
+                                 variants, base)
     (tmp_path / "ds").mkdir()
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp_path / "ds" / "part-0.parquet")
+    pq.write_table(S.table_from_rows(rows), tmp_path / "ds" / "part-0.parquet")
     assert ev.is_parquet_source(str(tmp_path / "ds")) and not ev.is_parquet_source(str(lfw_dir))
-    m = ev.main(["--pairs", str(tmp_path / "pairs.txt"), "--images", str(tmp_path / "ds"),
-                 "--output", str(tmp_path / "out"), "--variants", "original,cloth"])
+    argv = ["--pairs", str(tmp_path / "pairs.txt"), "--images", str(tmp_path / "ds"), "--output", str(tmp_path / "out")]
+    with pytest.raises(UsageError, match="N95: not in the data set"):
+        ev.main(argv + ["--variants", "original,N95"])
+    m = ev.main(argv + ["--variants", "original,cloth"])
     assert m["n_pairs"] == 20
     assert m["alignment_methods"] == {"landmarks": m["n_images"]}
     assert m["status_counts"]["cloth"] == {"ok": m["n_images"]}
     assert m["cells"]["original"]["original"]["n_missing"] == 0
 
 
-def test_smoke_test_flag_fills_defaults(tmp_path, monkeypatch):
-    from jobs import evaluate as ev
-
-    monkeypatch.setenv("MASKTHEFACE_DATA", str(tmp_path / "absent"))
-    with pytest.raises(SystemExit, match="needs LFW"):
-        ev._smoke_argv([])
+def test_smoke_test_fills_its_data(tmp_path, monkeypatch):
     lfw = tmp_path / "data" / "lfw"
     lfw.mkdir(parents=True)
     (lfw / "pairs.txt").write_text("10 300\n")
     monkeypatch.setenv("MASKTHEFACE_DATA", str(tmp_path / "data"))
-    argv = ev._smoke_argv(["--output", str(tmp_path / "o"), "--variants=original"])
-    assert argv.count("--output") == 1 and "--variants" not in argv
-    assert argv[argv.index("--pairs") + 1] == str(lfw / "pairs.txt") and "--limit-pairs" in argv
+    cfg = ev.smoke_config(ev.EvaluateConfig(smoke_test=True, output=str(tmp_path / "o")))
+    assert cfg.pairs == str(lfw / "pairs.txt") and cfg.images == str(lfw / "lfw-deepfunneled")
+    assert cfg.limit_pairs == ev.SMOKE_PAIRS and cfg.variants == ("original", "N95")
+    assert cfg.output == str(tmp_path / "o")
