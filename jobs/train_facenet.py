@@ -308,9 +308,6 @@ def _write_history(run_dir: str, history: list) -> None:
 # ------------------------------------------------------------------------------------------
 
 def run(job: TrainJobConfig) -> dict[str, Any]:
-    import ray
-    import ray.train
-    from ray.train.torch import TorchTrainer
     from facenet import data as fdata
     from facenet.model import build_model
 
@@ -332,6 +329,11 @@ def run(job: TrainJobConfig) -> dict[str, Any]:
     # a private local Ray gets its dashboard: Ray Train's placement-group cleaner polls the
     # state API it serves, and warns every second without it
     with common.ray_context(job.ray_address, job.num_cpus, include_dashboard=True):
+        # imported once Ray is up: ray.train reads the token-auth mode that init_ray sets
+        import ray
+        import ray.train
+        from ray.train.torch import TorchTrainer
+
         storage_fs, storage_path = common.filesystem_for(job.storage)
         config = {"train": cfg.to_dict(), "records": ray.put(train), "validation": ray.put(vsets),
                   "alignment": alignment, "run_dir": run_dir, "checkpoint_every": job.checkpoint_every,
