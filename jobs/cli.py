@@ -230,8 +230,8 @@ def _typed(conv: Callable[[str], Any], optional: bool) -> Callable[[str], Any]:
             return None
         try:
             return conv(s)
-        except (ValueError, TypeError, KeyError) as e:
-            raise argparse.ArgumentTypeError(f"{s!r}: {e}") from None
+        except (ValueError, TypeError, KeyError) as e:  # their messages name the value
+            raise argparse.ArgumentTypeError(str(e).strip('"') or f"bad value {s!r}") from None
     return parse
 
 
@@ -289,7 +289,7 @@ def build_parser(cls: type, *, prog: str, description: str | None = None,
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls!r} is not a dataclass")
     epilog = epilog if epilog is not None else EPILOG
-    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
+    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     hints = typing.get_type_hints(cls)
     groups: dict[str, Any] = {}
