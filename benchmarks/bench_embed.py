@@ -6,7 +6,8 @@ On the same LFW images (``../shared/data/lfw/lfw-deepfunneled``, the first image
 View 2 pairs) and the same per-image work - read the file, decode, find the face, (mask,)
 align with dlib's chip from the unmasked landmarks, dlib ResNet descriptor:
 
-* ``plain``: one process, :class:`jobs.evaluate.EmbedActor` built once and called on
+* ``plain``: one process, :class:`jobs.evaluate.EmbedActor` (around
+  :class:`facenet.verify.VariantEmbedder`) built once and called on
   batches in a loop (exactly the job's per-batch code, no Ray);
 * ``ray-N``: :func:`jobs.evaluate.embed_images` on a private local Ray of 2 CPUs with N
   actors (Ray Data ``from_items`` -> actor pool -> rows back to the driver).  Actor start-up
@@ -37,16 +38,18 @@ LFW = shared_data("lfw") or Path("lfw-not-found")
 
 def plain(keys, variants, batch) -> tuple[float, float]:
     """-> (seconds for the loop, seconds to build the actor)."""
-    from jobs.evaluate import LFW_CENTRE_BOX, EmbedActor
+    from facenet.verify import LFW_CENTRE_BOX
+    from jobs.evaluate import EmbedActor
+    from masktheface import dataset_schema as S
 
     t0 = time.perf_counter()
-    actor = EmbedActor(model="dlib", images=str(LFW / "lfw-deepfunneled"), variants=variants, seed=0,
-                       prealigned=False, flip_sum=False, fallback_box=LFW_CENTRE_BOX)
+    actor = EmbedActor(model="dlib", images=str(LFW / "lfw-deepfunneled"), parquet=False, variants=variants,
+                       seed=0, prealigned=False, flip_sum=False, fallback_box=LFW_CENTRE_BOX)
     t1 = time.perf_counter()
     n_ok = 0
     for i in range(0, len(keys), batch):
-        t = actor({"key": keys[i:i + batch]})
-        n_ok += sum(s == "ok" for s in t.column("status").to_pylist())
+        t = actor({S.KEY: keys[i:i + batch]})
+        n_ok += sum(s == "ok" for s in t.column(S.STATUS).to_pylist())
     t2 = time.perf_counter()
     assert n_ok == len(keys) * len(variants), n_ok
     return t2 - t1, t1 - t0
@@ -55,10 +58,10 @@ def plain(keys, variants, batch) -> tuple[float, float]:
 def ray_run(keys, variants, batch, actors) -> float:
     from jobs.evaluate import EvaluateConfig, embed_images
 
-    cfg = EvaluateConfig(pairs="-", images=str(LFW / "lfw-deepfunneled"), output="-", variants=",".join(variants),
-                         actors=actors, batch_size=batch)
+    cfg = EvaluateConfig(pairs="-", images=str(LFW / "lfw-deepfunneled"), output="-", variants=tuple(variants),
+                         num_actors=actors, batch_size=batch)
     t0 = time.perf_counter()
-    E = embed_images(cfg, keys)
+    E = embed_images(cfg, keys, parquet=False)
     dt = time.perf_counter() - t0
     assert (E.status == "ok").all(), E.status
     return dt
@@ -74,14 +77,14 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.WARNING)
     if not LFW.exists():
         sys.exit(f"LFW not found at {LFW} ({DATA_HINT})")
-    import ray
-
     from facenet.pairs import read_pairs, unique_images
-    from jobs import common
+    from jobs.raysetup import init_ray
 
     keys = unique_images(read_pairs(LFW / "pairs.txt"))[: args.images]
     variants = [v for v in args.variants.split(",") if v]
-    common.init_ray(num_cpus=2)
+    init_ray(num_cpus=2)
+    import ray  # after init_ray (it sets Ray's auth mode before Ray is imported)
+
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     ray.data.DataContext.get_current().enable_progress_bars = False
     n = len(keys) * len(variants)

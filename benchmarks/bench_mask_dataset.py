@@ -167,20 +167,20 @@ def pick_images(n: int) -> list[str]:
 
 def plain_child(files: str, recipe: str, seed: int, aligned: int | None) -> dict:
     """The library alone, in this process: read -> Masker.process for every image."""
-    from jobs import mask_dataset as md
+    from masktheface import dataset as mds
     from masktheface.pipeline import Masker
 
     t0 = time.perf_counter()
     keys = Path(files).read_text().split("\n")
     keys = [k for k in keys if k]
-    plans = md.plan_variants(md.MaskDatasetConfig(recipe=recipe))
+    variants = mds.plan_variants(recipe)
     masker = Masker()
     t_load = time.perf_counter() - t0
     statuses: dict[str, int] = {}
     t1 = time.perf_counter()
     for k in keys:
         data = (LFW / k).read_bytes()
-        res = masker.process(data, k, md.variants_for(plans, seed, k), seed=seed, aligned=aligned)
+        res = masker.process(data, k, variants, seed=seed, aligned=aligned)
         for o in res.outputs:
             statuses[o.status] = statuses.get(o.status, 0) + 1
     loop = time.perf_counter() - t1

@@ -42,7 +42,6 @@ from masktheface.imageio import IMAGE_EXTENSIONS
 log = logging.getLogger("jobs.mask_dataset")
 
 PROG = "python -m jobs.mask_dataset"
-RECIPES = mds.RECIPES
 SMOKE_IMAGES = 12
 
 

@@ -223,7 +223,8 @@ def arrow_schema(columns: Iterable[str] | None = None) -> "pa.Schema":
 
 def validate_table(table: "pa.Table", required: Iterable[str] | None = None) -> None:
     """Raise :class:`SchemaError` unless ``table`` has the ``required`` columns (default:
-    all) with the contract's types.  Extra columns are allowed; status values are checked."""
+    all) with the contract's types.  Extra columns are allowed; the values of ``status``
+    and ``faces_from`` are checked."""
     import pyarrow.compute as pc
 
     names = column_names() if required is None else tuple(required)
@@ -235,10 +236,11 @@ def validate_table(table: "pa.Table", required: Iterable[str] | None = None) -> 
              if not table.schema.field(f.name).type.equals(f.type)]
     if wrong:
         raise SchemaError("wrong column type(s): " + "; ".join(wrong))
-    if STATUS in names and table.num_rows:
-        bad = sorted(set(pc.unique(table.column(STATUS)).to_pylist()) - set(STATUSES))
-        if bad:
-            raise SchemaError(f"unknown status value(s) {bad}; known: {', '.join(STATUSES)}")
+    for col, known in ((STATUS, STATUSES), (FACES_FROM, FACES_FROM_VALUES)):
+        if col in names and table.num_rows:
+            bad = sorted(set(pc.unique(table.column(col)).to_pylist()) - set(known))
+            if bad:
+                raise SchemaError(f"unknown {col} value(s) {bad}; known: {', '.join(known)}")
 
 
 def table_from_rows(rows: Iterable[dict[str, Any]], columns: Iterable[str] | None = None) -> "pa.Table":

@@ -2,8 +2,9 @@
 server on 127.0.0.1, and a Ray head for ``ray job submit``.
 
 Data
-    ``DATA`` is ``$MASKTHEFACE_DATA`` or ``<repo>/../shared/data`` (research-only sets,
-    read in place, never committed).  ``@pytest.mark.requires_data("lfw")`` or the
+    ``DATA`` is the library's one lookup (:func:`masktheface.datadir.shared_data`:
+    ``$MASKTHEFACE_DATA``, else ``<repo>/../shared/data``; research-only sets, read in
+    place, never committed).  ``@pytest.mark.requires_data("lfw")`` or the
     fixtures ``data_dir``, ``lfw_dir``, ``lfw_images_dir``, ``photos_dir``, ``mfr2_dir``,
     ``glint_dir``, ``templates_dir`` skip with the reason when a folder is absent.
 
@@ -11,7 +12,7 @@ Ray (``ray_session``, session scope, started only by the tests that ask for it)
     ``ray.init(address="local", num_cpus=2, include_dashboard=False, 512 MiB store)``:
     a private Ray that never joins a stray cluster.  ``AWS_*`` variables are held out of
     its environment, so its workers see S3 only through a ``runtime_env`` — exactly as
-    on a cluster.  Jobs therefore pass ``jobs.common.worker_runtime_env(...)`` (or an
+    on a cluster.  Jobs therefore pass ``jobs.storage.worker_runtime_env(...)`` (or an
     explicit ``filesystem=`` from ``filesystem_for``) to every operator that touches S3.
     Workers import this checkout and the test modules (the repo root and ``tests/``
     lead their ``PYTHONPATH``), so functions defined in a test file work as UDFs.
@@ -57,10 +58,12 @@ import pytest
 
 log = logging.getLogger("tests.conftest")
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("MASKTHEFACE_DATA") or (ROOT.parent / "shared" / "data")).resolve()
+from masktheface.datadir import DATA_HINT as _DATA_HINT
+from masktheface.datadir import data_candidates, shared_data
 
-_DATA_HINT = "set MASKTHEFACE_DATA or place the data sets in ../shared/data"
+ROOT = Path(__file__).resolve().parents[1]
+#: the data folder (where it was found, else where it was looked for first)
+DATA = shared_data() or data_candidates()[0]
 
 
 def data_path(*parts: str) -> Path:
@@ -243,7 +246,7 @@ class S3Server:
     log_path: Path | None = None
 
     def storage_options(self) -> dict[str, Any]:
-        """s3fs-style options (also accepted by ``jobs.common.filesystem_for``)."""
+        """s3fs-style options (also accepted by ``jobs.storage.filesystem_for``)."""
         return {"key": self.key, "secret": self.secret, "endpoint_url": self.endpoint_url,
                 "client_kwargs": {"region_name": self.region}}
 
