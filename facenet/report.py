@@ -267,7 +267,8 @@ def _grid_sections(metrics: VerificationMetrics) -> list[tuple[str, str]]:
         out += [(f"acc@far={lab}", f"ACC@FAR={lab} (%)"), (f"tpr@far={lab}", f"TPR@FAR={lab} (%)"),
                 (f"tpr@fdr_paper={lab}", f"TPR at the paper's 'FAR' formula FP/(TP+FP) = {lab} (%)")]
     out += [("accuracy_all", "Accuracy counting missing pairs as errors (%)"),
-            ("fixed_threshold_accuracy", "Accuracy at the threshold fit on unmasked pairs (paper's fixed-threshold mode, %)")]
+            ("fixed_threshold_accuracy",
+             "Accuracy at the threshold fit on unmasked pairs (paper's fixed-threshold mode, %)")]
     return [s for s in out if s[0] in metrics["grids"]]
 
 
@@ -285,7 +286,8 @@ def render_markdown(metrics: VerificationMetrics, title: str) -> str:
     if counts:
         lines += ["## Embedding status per variant", "", "| variant | counts |", "|---|---|"]
         lines += [f"| {v} | {', '.join(f'{k}: {n}' for k, n in c.items())} |" for v, c in counts.items()]
-        lines += ["", f"Alignment: {', '.join(f'{k}: {n}' for k, n in metrics.get('alignment_methods', {}).items())}", ""]
+        methods = ", ".join(f"{k}: {n}" for k, n in metrics.get("alignment_methods", {}).items())
+        lines += ["", f"Alignment: {methods}", ""]
     return "\n".join(lines) + "\n"
 
 

@@ -119,7 +119,8 @@ class VariantEmbedder:
     """Everything heavy loads once (a Masker, an embedder sharing its 68-point predictor).
 
     ``image_rows(key, data)`` -> one row per variant: ``{key, variant, status, error,
-    method, embedding float32 (D,) or None}`` (the first four named as in the contract); ``stored_rows(rows)`` does the same for rows
+    method, embedding float32 (D,) or None}`` (the first four named as in the contract);
+    ``stored_rows(rows)`` does the same for rows
     of a masked data set (the contract's ``key, variant, status, image/aligned,
     landmarks``), embedding the stored images instead of drawing masks."""
 

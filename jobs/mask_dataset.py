@@ -144,7 +144,8 @@ def parse_args(argv: Sequence[str] | None = None) -> MaskDatasetConfig:
                         help="custom recipe: one variant per --code (repeatable); CODE is the library's "
                              "spec syntax, e.g. 'surgical-#0473e2,N95,cloth-checks' (one entry drawn per "
                              "face); NAME defaults to the spec label, or 'masked' for a list")
-    return job_cli.config_from_args(MaskDatasetConfig, parser.parse_args(argv), code=tuple(parser.parse_args(argv).code))
+    ns = parser.parse_args(argv)
+    return job_cli.config_from_args(MaskDatasetConfig, ns, code=tuple(ns.code))
 
 
 def plan(cfg: MaskDatasetConfig) -> tuple[Any, ...]:
@@ -274,7 +275,8 @@ def run(cfg: MaskDatasetConfig) -> dict[str, Any]:
     log.info("resume: %d of %d inputs already done, %d to process", len(items) - len(todo), len(items), len(todo))
     summary: dict[str, Any] = {
         "run_id": run_id, "input": cfg.input, "output": cfg.output, "config": dataclasses.asdict(cfg),
-        "fingerprint": fp, "variants": names, "inputs": len(items), "inputs_listed": listed, "inputs_skipped": len(items) - len(todo),
+        "fingerprint": fp, "variants": names, "inputs": len(items), "inputs_listed": listed,
+        "inputs_skipped": len(items) - len(todo),
         "inputs_processed": len(todo), "rows_expected": sum(len(only.get(it.key, names)) for it in todo),
         "boxes_matched": sum(1 for it in items if mds.lookup(boxes, it.key)) if boxes else None,
         "landmarks_matched": sum(1 for it in items if mds.lookup(lms, it.key)) if lms else None,

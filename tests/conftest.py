@@ -56,10 +56,10 @@ from typing import Any, Iterator, Sequence
 
 import pytest
 
-log = logging.getLogger("tests.conftest")
-
 from masktheface.datadir import DATA_HINT as _DATA_HINT
 from masktheface.datadir import data_candidates, shared_data
+
+log = logging.getLogger("tests.conftest")
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the data folder (where it was found, else where it was looked for first)

@@ -19,10 +19,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from jobs import export_images
+from jobs import export_images, storage
 from jobs import mask_dataset as md
 from jobs import mask_stages as stages
-from jobs import storage
 from jobs.cli import UsageError
 from masktheface import dataset as mds
 from masktheface import dataset_schema as S
@@ -303,7 +302,7 @@ def test_every_input_and_variant_accounted_for(runs, corpus):
     lfw_status = Counter(rows[(k, v)]["status"] for k in corpus["lfw"] for v in LFW_VARIANTS)
     assert lfw_status["ok"] >= 0.9 * len(corpus["lfw"]) * 5, lfw_status
     assert set(lfw_status) <= {"ok", "no_face", "mask_failed"}
-    for (k, v), r in rows.items():
+    for (_, v), r in rows.items():
         if r["status"] == "ok":
             assert r["image"] and r["aligned"] and (v == "original" or r["masked_faces"] >= 1)
     # the summary counts what is in the files
@@ -334,7 +333,7 @@ def test_schema_is_exact_in_every_file(runs):
 
 @pytest.mark.ray
 def test_rerun_resumes_without_duplicates_or_recomputation(runs, corpus):
-    s1, s2, s3 = runs["s1"], runs["s2"], runs["s3"]
+    s2, s3 = runs["s2"], runs["s3"]
     n = len(corpus["all"])
     assert s2["inputs_skipped"] == 35 and s2["inputs_processed"] == n - 35
     assert s2["rows_written"] == (n - 35) * 5
