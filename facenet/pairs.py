@@ -163,6 +163,19 @@ def pairs_arrays(pairs: Iterable[Pair]) -> tuple[NDArray[np.bool_], NDArray[np.i
     return issame, folds
 
 
+def stratified_folds(issame: NDArray[np.bool_], n_folds: int = 10) -> NDArray[np.int64]:
+    """``issame`` bool (N,) -> int64 (N,) fold labels for a pairs file that is one set
+    (LFW View 1's ``pairsDevTest.txt``): the i-th same pair goes to fold ``i % n_folds``,
+    the i-th different pair likewise, so every fold holds both classes in file order and
+    k-fold threshold selection applies as on View 2."""
+    issame = np.asarray(issame, bool)
+    folds = np.empty(issame.shape[0], np.int64)
+    for cls in (True, False):
+        idx = np.flatnonzero(issame == cls)
+        folds[idx] = np.arange(idx.size) % n_folds
+    return folds
+
+
 def unique_images(pairs: Iterable[Pair]) -> list[str]:
     """Every image referenced by ``pairs``, once each, in order of first appearance.
 

@@ -122,7 +122,7 @@ def is_parquet_source(uri: str) -> bool:
 
 def load_pairs(cfg: EvaluateConfig) -> tuple[list, np.ndarray, np.ndarray]:
     """-> (pairs, issame bool (P,), folds int (P,)) after --folds / --limit-pairs."""
-    from facenet.pairs import pairs_arrays, read_pairs
+    from facenet.pairs import pairs_arrays, read_pairs, stratified_folds
 
     assert cfg.pairs is not None
     try:
@@ -141,6 +141,8 @@ def load_pairs(cfg: EvaluateConfig) -> tuple[list, np.ndarray, np.ndarray]:
     if not pairs:
         raise UsageError(f"no pairs left from {cfg.pairs} (--folds {cfg.folds}, --limit-pairs {cfg.limit_pairs})")
     issame, folds = pairs_arrays(pairs)
+    if np.unique(folds).size == 1:  # one set (View 1's DevTest): 10 stratified folds
+        folds = stratified_folds(issame, 10)
     return pairs, issame, folds
 
 

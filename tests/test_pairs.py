@@ -133,3 +133,12 @@ def test_lfw_layout_requires_header(tmp_path: Path) -> None:
         read_pairs(_write(tmp_path, "A 1 2\n"), layout="lfw")
     with pytest.raises(ValueError, match="layout must be"):
         read_pairs(_write(tmp_path, "A 1 2\n"), layout="csv")  # type: ignore[arg-type]
+
+
+def test_stratified_folds_put_both_classes_in_every_fold() -> None:
+    from facenet.pairs import stratified_folds
+    issame = np.array([True] * 25 + [False] * 25)
+    folds = stratified_folds(issame, 10)
+    for k in range(10):
+        assert set(issame[folds == k].tolist()) == {True, False}
+    assert np.bincount(folds).tolist() == [6] * 5 + [4] * 5
