@@ -1,0 +1,210 @@
+"""The mask-network experiment (the paper's Sec. 5 recovery), end to end from the shared data.
+
+    python tools/mask_network.py --steps 300            # work in out/mask_network, results in docs/
+
+1. training identities: LFW View 1 DevTrain people with 2+ images, CelebA subset, glint
+   subset, less those ``tools/identity_overlap.py`` found too close to an evaluated identity
+   (``docs/results/mask_network/overlap.json``);
+2. ``jobs.mask_dataset`` turns each source into Parquet: ``original`` + six masked variants,
+   at most ``--per-identity`` images per identity;
+3. ``jobs.train_facenet`` twice, same start (dlib's ResNet in PyTorch, its pretrained
+   weights), same schedule, seed and number of images seen: the **no-mask network** on
+   ``original`` rows only and the **mask network** on all variants;
+4. ``jobs.evaluate`` for the untouched dlib network and both trained networks: LFW View 1
+   DevTest (1000 pairs, people disjoint from DevTrain) in the template x probe grid with
+   ``mixed``, and MFR2 (real masks);
+5. ``summary.json``, ``report.md`` and figures in ``docs/results/mask_network/``.
+
+Every step is skipped when its output exists (rerun to resume; ``--fresh STEP`` redoes one).
+Each step runs as its own process (``python -m jobs.X``), its log in ``WORK/logs/``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from masktheface.datadir import DATA_HINT, shared_data  # noqa: E402
+
+log = logging.getLogger("mask_network")
+
+MASKS = ("surgical", "surgical_blue", "surgical_green", "N95", "KN95", "cloth")
+EVAL_VARIANTS = ("original", "surgical_blue", "surgical_green", "N95", "cloth")
+RESULTS = ROOT / "docs" / "results" / "mask_network"
+
+
+#: run the jobs in this process (tests, sharing a Ray already started) instead of subprocesses
+IN_PROCESS = False
+
+
+def run(module: str, argv: list[str], logfile: Path) -> float:
+    """``python -m <module> <argv>`` from the repository root, output to ``logfile`` (or
+    ``module.main(argv)`` in this process when :data:`IN_PROCESS`); -> seconds.  Raises on failure."""
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    log.info("$ python -m %s %s  (log: %s)", module, " ".join(argv), logfile)
+    if IN_PROCESS:
+        import importlib
+        importlib.import_module(module).main(argv)
+        return time.perf_counter() - t0
+    with open(logfile, "wb") as fh:
+        rc = subprocess.call([sys.executable, "-m", module, *argv], cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
+    dt = time.perf_counter() - t0
+    if rc != 0:
+        tail = logfile.read_text(errors="replace")[-3000:]
+        raise SystemExit(f"step failed (exit {rc}) after {dt:.0f} s: python -m {module} {' '.join(argv)}\n{tail}")
+    log.info("done in %.0f s", dt)
+    return dt
+
+
+def dropped(source: str, path: Path = RESULTS / "overlap.json") -> set[str]:
+    """Identities of ``source`` that the overlap check (``path``) drops."""
+    if not path.is_file():
+        raise SystemExit(f"{path} missing: run python tools/identity_overlap.py --output {RESULTS}")
+    drop = json.loads(path.read_text()).get("drop", [])
+    return {d.split(":", 1)[1] for d in drop if d.split(":", 1)[0] == source}
+
+
+def _cap(keys: list[str], n: int) -> list[str]:
+    """The keys of the first ``n`` identities (folder names) in order; all when ``n`` is 0."""
+    if not n:
+        return keys
+    idents = list(dict.fromkeys(k.split("/", 1)[0] for k in keys))[:n]
+    return [k for k in keys if k.split("/", 1)[0] in set(idents)]
+
+
+def file_lists(work: Path, max_identities: int = 0, overlap: Path = RESULTS / "overlap.json"
+               ) -> dict[str, tuple[Path, Path]]:
+    """source -> (input root, file list) of the training images, dropped identities left out."""
+    lfw = shared_data("lfw")
+    celeba = shared_data("celeba_subset")
+    glint = shared_data("glint_subset", "datasets", "celebrity_images")
+    if not (lfw and celeba and glint):
+        raise SystemExit(f"LFW, celeba_subset and glint_subset are needed; {DATA_HINT}")
+    lists = work / "lists"
+    lists.mkdir(parents=True, exist_ok=True)
+    out = {}
+    people = [line.split("\t") for line in (lfw / "peopleDevTrain.txt").read_text().splitlines()[1:]]
+    drop = dropped("lfw", overlap)
+    keys = [f"{n}/{n}_{i:04d}.jpg" for n, c in people if int(c) >= 2 and n not in drop for i in range(1, int(c) + 1)]
+    (lists / "lfw.txt").write_text("\n".join(_cap(keys, max_identities)) + "\n")
+    out["lfw"] = (lfw / "lfw-deepfunneled", lists / "lfw.txt")
+    for name, root in (("celeba", celeba), ("glint", glint)):
+        drop = dropped(name, overlap)
+        keys = [f"{d}/{f}" for d in sorted(os.listdir(root)) if (root / d).is_dir() and d not in drop
+                for f in sorted(os.listdir(root / d))]
+        (lists / f"{name}.txt").write_text("\n".join(_cap(keys, max_identities)) + "\n")
+        out[name] = (root, lists / f"{name}.txt")
+    return out
+
+
+def step_data(args, work: Path) -> dict[str, float]:
+    times = {}
+    for name, (root, files) in file_lists(work, args.max_identities, Path(args.overlap)).items():
+        dst = work / "data" / name
+        if (dst / "_summary.json").exists():
+            continue
+        argv = ["--input", str(root), "--files", str(files), "--output", str(dst), "--recipe", "custom",
+                "--variants", ",".join(("original",) + MASKS), "--per-identity", str(args.per_identity),
+                "--seed", str(args.seed), "--no-progress-bars"]
+        times[f"mask_{name}"] = run("jobs.mask_dataset", argv, work / "logs" / f"mask_{name}.log")
+    return times
+
+
+def step_train(args, work: Path, which: str) -> float:
+    name = f"{which}_net"
+    if (work / "train" / name / "model.pt").exists():
+        return 0.0
+    data = ",".join(str(work / "data" / s) for s in ("lfw", "celeba", "glint"))
+    variants = "original" if which == "nomask" else ",".join(("original",) + MASKS)
+    cmd = ["--data", data, "--variants", variants,
+           "--model", "dlib_resnet", "--pretrained", "--trainable", args.trainable,
+           "--epochs", str(args.epochs), "--steps-per-epoch", str(args.steps // args.epochs),
+           "--P", str(args.P), "--K", str(args.K), "--optimizer", "sgd", "--lr", str(args.lr),
+           "--schedule", "paper", "--mining", args.mining, "--margin", "0.2", "--seed", str(args.seed),
+           "--val-holdout", str(args.val_holdout), "--val-pairs", "400", "--val-mask", "N95", "--jitter", "0.0",
+           "--num-workers", str(args.workers), "--checkpoint-every", "25",
+           "--storage", str(work / "train"), "--name", name]
+    return run("jobs.train_facenet", cmd, work / "logs" / f"train_{which}.log")
+
+
+def step_eval(args, work: Path, model: str, label: str) -> float:
+    lfw, mfr2 = shared_data("lfw"), shared_data("mfr2")
+    dt = 0.0
+    out = work / "eval" / label
+    if not (out / "devtest" / "metrics.json").exists():
+        limit = ["--limit-pairs", str(args.limit_pairs)] if args.limit_pairs else []
+        dt += run("jobs.evaluate", ["--pairs", str(lfw / "pairsDevTest.txt"), *limit,
+                   "--images", str(lfw / "lfw-deepfunneled"), "--model", model, "--label", label,
+                   "--variants", args.eval_variants, "--mixed", "--far", "0.001",
+                   "--seed", str(args.seed), "--output", str(out / "devtest")],
+                  work / "logs" / f"eval_{label}_devtest.log")
+    if not (out / "mfr2" / "metrics.json").exists():
+        limit = ["--limit-pairs", str(args.limit_pairs)] if args.limit_pairs else []
+        dt += run("jobs.evaluate", ["--pairs", str(mfr2 / "pairs.txt"), "--images", str(mfr2), *limit,
+                   "--prealigned", "--variants", "original", "--far", "0.0022,0.001", "--model", model,
+                   "--label", label, "--output", str(out / "mfr2")], work / "logs" / f"eval_{label}_mfr2.log")
+    return dt
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", default=str(ROOT / "out" / "mask_network"), help="working folder (git-ignored)")
+    p.add_argument("--steps", type=int, default=300, help="training steps of each network")
+    p.add_argument("--epochs", type=int, default=3, help="epochs (the schedule's thirds)")
+    p.add_argument("--P", type=int, default=16)
+    p.add_argument("--K", type=int, default=4)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--mining", default="semi_hard")
+    p.add_argument("--trainable", default="head", choices=("head", "all"))
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--per-identity", type=int, default=12)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-identities", type=int, default=0, help="at most N identities per source (0: all)")
+    p.add_argument("--val-holdout", type=int, default=30, help="training identities held out for validation")
+    p.add_argument("--limit-pairs", type=int, default=0, help="evaluate on N pairs of each set (0: all)")
+    p.add_argument("--eval-variants", default=",".join(EVAL_VARIANTS))
+    p.add_argument("--overlap", default=str(RESULTS / "overlap.json"), help="the identity-overlap check's JSON")
+    p.add_argument("--results", default=str(RESULTS), help="where the report goes")
+    p.add_argument("--fresh", default="", help="comma list of steps to redo: data,nomask,mask,eval")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    work = Path(args.work)
+    for step in filter(None, args.fresh.split(",")):
+        target = {"data": work / "data", "nomask": work / "train" / "nomask_net", "mask": work / "train" / "mask_net",
+                  "eval": work / "eval"}[step]
+        shutil.rmtree(target, ignore_errors=True)
+    times_path = work / "times.json"
+    times = json.loads(times_path.read_text()) if times_path.exists() else {}
+
+    def save() -> None:
+        times_path.parent.mkdir(parents=True, exist_ok=True)
+        times_path.write_text(json.dumps(times, indent=1))
+
+    times.update({k: v for k, v in step_data(args, work).items()})
+    save()
+    for which in ("nomask", "mask"):
+        dt = step_train(args, work, which)
+        if dt:
+            times[f"train_{which}"] = dt
+            save()
+    for model, label in (("dlib", "dlib"), (str(work / "train" / "nomask_net" / "model.pt"), "no-mask net"),
+                         (str(work / "train" / "mask_net" / "model.pt"), "mask net")):
+        dt = step_eval(args, work, model, label)
+        if dt:
+            times[f"eval_{label}"] = dt
+            save()
+    from tools.mask_network_report import write_report
+    return write_report(work, Path(args.results), vars(args), times)
+
+
+if __name__ == "__main__":
+    main()
