@@ -54,6 +54,8 @@ class TrainJobConfig(TrainConfig):
     data: tuple[str, ...] = option((), "Parquet data sets written by jobs.mask_dataset (local or s3://)", metavar="URI,...")
     folders: tuple[str, ...] = option((), "identity-folder image trees (<identity>/<image>; unmasked, landmarks found with dlib)", metavar="DIR,...")
     variants: tuple[str, ...] = variants_option((), "variants of --data to train on (empty: all)")
+    exclude_identities: str | None = option(None, "a file of identities (one per line) to leave out of training, "
+                                            "e.g. those too close to an evaluation set", none_means="none")
     prealigned: bool = option(False, "--folders hold aligned face crops: landmarks fitted in a fixed box where HOG misses")
     max_per_identity: int = option(0, "use at most N images per identity of --folders (0: all)")
     val_holdout: int = option(4, "identities held out of training; validation pairs come from them (0: no validation)")
@@ -127,8 +129,18 @@ def load_records(job: TrainJobConfig):
     if not parts:
         raise UsageError("give training data: --data PARQUET and/or --folders DIR (or --smoke-test)")
     rec = fdata.concat_records(parts)
-    return fdata.build_records(rec.images, [rec.identities[i] for i in rec.labels], rec.landmarks,
-                               rec.variants, rec.groups, rec.skipped, min_images=2)
+    names = [rec.identities[i] for i in rec.labels]
+    keep = list(range(len(names)))
+    if job.exclude_identities:
+        try:
+            excluded = {line.strip() for line in open(job.exclude_identities, encoding="utf-8") if line.strip()}
+        except OSError as e:
+            raise UsageError(f"--exclude-identities {job.exclude_identities}: {e}") from None
+        keep = [i for i in keep if names[i] not in excluded]
+        rec.skipped["excluded_identity"] = len(names) - len(keep)
+    return fdata.build_records([rec.images[i] for i in keep], [names[i] for i in keep], rec.landmarks[keep],
+                               [rec.variants[i] for i in keep], [rec.groups[i] for i in keep], rec.skipped,
+                               min_images=2)
 
 
 def validation_sets(held, alignment: str, size: int, job: TrainJobConfig, seed: int):

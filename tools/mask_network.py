@@ -65,12 +65,16 @@ def run(module: str, argv: list[str], logfile: Path) -> float:
     return dt
 
 
-def dropped(source: str, path: Path = RESULTS / "overlap.json") -> set[str]:
-    """Identities of ``source`` that the overlap check (``path``) drops."""
+def exclusion_file(work: Path, path: Path) -> Path:
+    """The identities the overlap check (``path``) drops, one per line, for
+    ``train_facenet --exclude-identities`` (identity names are the folder names)."""
     if not path.is_file():
         raise SystemExit(f"{path} missing: run python tools/identity_overlap.py --output {RESULTS}")
     drop = json.loads(path.read_text()).get("drop", [])
-    return {d.split(":", 1)[1] for d in drop if d.split(":", 1)[0] == source}
+    out = work / "lists" / "exclude.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(d.split(":", 1)[1] + "\n" for d in drop))
+    return out
 
 
 def _cap(keys: list[str], n: int) -> list[str]:
@@ -81,9 +85,9 @@ def _cap(keys: list[str], n: int) -> list[str]:
     return [k for k in keys if k.split("/", 1)[0] in set(idents)]
 
 
-def file_lists(work: Path, max_identities: int = 0, overlap: Path = RESULTS / "overlap.json"
-               ) -> dict[str, tuple[Path, Path]]:
-    """source -> (input root, file list) of the training images, dropped identities left out."""
+def file_lists(work: Path, max_identities: int = 0) -> dict[str, tuple[Path, Path]]:
+    """source -> (input root, file list) of the training images (the overlap check's
+    identities are masked too, and left out at training)."""
     lfw = shared_data("lfw")
     celeba = shared_data("celeba_subset")
     glint = shared_data("glint_subset", "datasets", "celebrity_images")
@@ -93,13 +97,11 @@ def file_lists(work: Path, max_identities: int = 0, overlap: Path = RESULTS / "o
     lists.mkdir(parents=True, exist_ok=True)
     out = {}
     people = [line.split("\t") for line in (lfw / "peopleDevTrain.txt").read_text().splitlines()[1:]]
-    drop = dropped("lfw", overlap)
-    keys = [f"{n}/{n}_{i:04d}.jpg" for n, c in people if int(c) >= 2 and n not in drop for i in range(1, int(c) + 1)]
+    keys = [f"{n}/{n}_{i:04d}.jpg" for n, c in people if int(c) >= 2 for i in range(1, int(c) + 1)]
     (lists / "lfw.txt").write_text("\n".join(_cap(keys, max_identities)) + "\n")
     out["lfw"] = (lfw / "lfw-deepfunneled", lists / "lfw.txt")
     for name, root in (("celeba", celeba), ("glint", glint)):
-        drop = dropped(name, overlap)
-        keys = [f"{d}/{f}" for d in sorted(os.listdir(root)) if (root / d).is_dir() and d not in drop
+        keys = [f"{d}/{f}" for d in sorted(os.listdir(root)) if (root / d).is_dir()
                 for f in sorted(os.listdir(root / d))]
         (lists / f"{name}.txt").write_text("\n".join(_cap(keys, max_identities)) + "\n")
         out[name] = (root, lists / f"{name}.txt")
@@ -108,7 +110,7 @@ def file_lists(work: Path, max_identities: int = 0, overlap: Path = RESULTS / "o
 
 def step_data(args, work: Path) -> dict[str, float]:
     times = {}
-    for name, (root, files) in file_lists(work, args.max_identities, Path(args.overlap)).items():
+    for name, (root, files) in file_lists(work, args.max_identities).items():
         dst = work / "data" / name
         if (dst / "_summary.json").exists():
             continue
@@ -132,6 +134,7 @@ def step_train(args, work: Path, which: str) -> float:
            "--schedule", "paper", "--mining", args.mining, "--margin", "0.2", "--seed", str(args.seed),
            "--val-holdout", str(args.val_holdout), "--val-pairs", "400", "--val-mask", "N95", "--jitter", "0.0",
            "--num-workers", str(args.workers), "--checkpoint-every", "25",
+           "--exclude-identities", str(exclusion_file(work, Path(args.overlap))),
            "--storage", str(work / "train"), "--name", name]
     return run("jobs.train_facenet", cmd, work / "logs" / f"train_{which}.log")
 
