@@ -49,10 +49,15 @@ def test_cli_builds_the_config():
 
 
 def test_bad_input_is_refused_before_any_work(tmp_path, lfw_dir, capsys, monkeypatch):
-    """Exit status 2 with one line and no traceback, before Ray or an embedder starts
-    (no Ray session in this test: a start would show in its duration and log)."""
-    import sys
+    """Exit status 2 with one line and no traceback, before Ray or an embedder starts."""
+    from jobs import raysetup
 
+    def no_work(*a, **k):
+        raise AssertionError("work started despite a usage error")
+
+    monkeypatch.setattr(ev, "embed_images", no_work)
+    monkeypatch.setattr(raysetup, "init_ray", no_work)
+    monkeypatch.setattr(verify, "VariantEmbedder", no_work)
     pairs = str(lfw_dir / "pairs.txt")
     images = str(lfw_dir / "lfw-deepfunneled")
     bad_pairs = tmp_path / "bad.txt"
@@ -73,7 +78,6 @@ def test_bad_input_is_refused_before_any_work(tmp_path, lfw_dir, capsys, monkeyp
         assert ev.cli(argv) == 2, argv
         err = capsys.readouterr().err
         assert msg in err and "Traceback" not in err, (argv, err)
-    assert "ray" not in sys.modules or not __import__("ray").is_initialized()
     assert not (tmp_path / "o").exists()
     monkeypatch.setenv("MASKTHEFACE_DATA", str(tmp_path / "no-data"))
     assert ev.cli(["--smoke-test"]) == 2

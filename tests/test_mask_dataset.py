@@ -248,8 +248,12 @@ def test_mask_batch_without_ray(lfw_images_dir, tmp_path):
     assert miss["mask_type"] == "cloth" and miss["width"] is None and miss["primary_face"] is None
 
 
-def test_usage_errors_before_any_work(tmp_path, capsys):
+def test_usage_errors_before_any_work(tmp_path, capsys, monkeypatch):
     """Bad input is exit status 2 with one line, before Ray is started."""
+    def no_work(*a, **k):
+        raise AssertionError("Ray work started despite a usage error")
+
+    monkeypatch.setattr(stages, "execute", no_work)
     (tmp_path / "in" / "p").mkdir(parents=True)
     cases = [
         (["--input", str(tmp_path / "absent"), "--output", str(tmp_path / "o")], "not found"),
