@@ -32,7 +32,9 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from facenet.train import TrainConfig
-from jobs import common
+from jobs import storage
+from jobs.progress import setup_logging
+from jobs.raysetup import ray_context
 from jobs.cli import (RAY_GROUP, RUN_GROUP, RunFailed, UsageError, log_level_option, num_cpus_option, option,
                       ray_address_option, refuse_with_smoke_test, run_cli, smoke_data, smoke_test_option,
                       variants_option)
@@ -113,7 +115,7 @@ def load_records(job: TrainJobConfig):
 
     parts = []
     for uri in job.data:
-        fs, path = common.filesystem_for(uri)
+        fs, path = storage.filesystem_for(uri)
         table = S.read_table(path, S.columns_for("train"), filesystem=fs)
         if table.num_rows == 0:
             raise UsageError(f"--data {uri}: no data files (Parquet of jobs.mask_dataset) found")
@@ -222,6 +224,7 @@ def train_loop_per_worker(config: dict) -> None:
     from facenet.train import TrainConfig, build_for_training, make_optimizer, run_epoch, validate
 
     cfg = TrainConfig(**config["train"])
+    os.environ.update(config["s3_env"])  # rank 0 writes metrics.jsonl to the run folder, maybe on S3
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.seed)
@@ -295,10 +298,10 @@ def train_loop_per_worker(config: dict) -> None:
 def _kill_once(run_dir: str) -> None:
     """Fault injection: SIGKILL this worker's process unless it was done before for this run."""
     import signal
-    marker = common.join_uri(run_dir, "_fault_injected")
-    if common.exists(marker):
+    marker = storage.join_uri(run_dir, "_fault_injected")
+    if storage.exists(marker):
         return
-    common.write_bytes(marker, b"killed a worker\n")
+    storage.write_bytes(marker, b"killed a worker\n")
     log.warning("fault injection: killing worker process %d", os.getpid())
     os.kill(os.getpid(), signal.SIGKILL)
 
@@ -312,7 +315,7 @@ def _short(m: dict) -> str:
 
 def _write_history(run_dir: str, history: list) -> None:
     text = "".join(json.dumps(h, default=str) + "\n" for h in history)
-    common.write_bytes(common.join_uri(run_dir, METRICS_FILE), text.encode())
+    storage.write_bytes(storage.join_uri(run_dir, METRICS_FILE), text.encode())
 
 
 # ------------------------------------------------------------------------------------------
@@ -323,7 +326,7 @@ def run(job: TrainJobConfig) -> dict[str, Any]:
     from facenet import data as fdata
     from facenet.model import build_model
 
-    common.setup_logging(job.log_level)
+    setup_logging(job.log_level)
     t0 = time.perf_counter()
     cfg = job.train_config()
     probe = build_model(cfg.model, **dict(cfg.model_kwargs))
@@ -336,20 +339,20 @@ def run(job: TrainJobConfig) -> dict[str, Any]:
     vsets = validation_sets(held, alignment, size, job, cfg.seed) if held is not None and len(held) else []
     if "://" not in job.storage:  # workers do not share the driver's working directory
         job = dataclasses.replace(job, storage=os.path.abspath(job.storage))
-    run_dir = common.join_uri(job.storage, job.name)
+    run_dir = storage.join_uri(job.storage, job.name)
 
     # a private local Ray gets its dashboard: Ray Train's placement-group cleaner polls the
     # state API it serves, and warns every second without it
-    with common.ray_context(job.ray_address, job.num_cpus, include_dashboard=True):
+    with ray_context(job.ray_address, job.num_cpus, include_dashboard=True):
         # imported once Ray is up: ray.train reads the token-auth mode that init_ray sets
         import ray
         import ray.train
         from ray.train.torch import TorchTrainer
 
-        storage_fs, storage_path = common.filesystem_for(job.storage)
+        storage_fs, storage_path = storage.filesystem_for(job.storage)
         config = {"train": cfg.to_dict(), "records": ray.put(train), "validation": ray.put(vsets),
                   "alignment": alignment, "run_dir": run_dir, "checkpoint_every": job.checkpoint_every,
-                  "kill_at": job.kill_worker_at_step,
+                  "kill_at": job.kill_worker_at_step, "s3_env": storage.s3_env_vars(),
                   "augment": dataclasses.asdict(fdata.AugmentConfig(
                       mask_prob=job.mask_prob, mask_types=job.mask_types, jitter=job.jitter))}
         trainer = TorchTrainer(
@@ -358,18 +361,18 @@ def run(job: TrainJobConfig) -> dict[str, Any]:
                                                    resources_per_worker={"CPU": job.cpus_per_worker}),
             run_config=ray.train.RunConfig(
                 name=job.name, storage_path=storage_path,
-                storage_filesystem=storage_fs if common.is_s3(job.storage) else None,
+                storage_filesystem=storage_fs if storage.is_s3(job.storage) else None,
                 failure_config=ray.train.FailureConfig(max_failures=job.max_failures),
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.keep)))
         result = trainer.fit()
     if result.error is not None or result.checkpoint is None:
         raise RunFailed(f"training failed: {result.error or 'no checkpoint was written'}")
-    export = job.export or common.join_uri(run_dir, MODEL_FILE)
+    export = job.export or storage.join_uri(run_dir, MODEL_FILE)
     with result.checkpoint.as_directory() as d:
-        common.write_bytes(export, open(os.path.join(d, MODEL_FILE), "rb").read())
+        storage.write_bytes(export, open(os.path.join(d, MODEL_FILE), "rb").read())
     summary = {"model": export, "run_dir": run_dir, "metrics": result.metrics,
                "train": train.summary(), "seconds": round(time.perf_counter() - t0, 1)}
-    common.write_json(common.join_uri(run_dir, "_summary.json"), summary)
+    storage.write_json(storage.join_uri(run_dir, "_summary.json"), summary)
     return summary
 
 

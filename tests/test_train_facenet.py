@@ -51,17 +51,22 @@ def test_two_workers_learn(ray_session, glint, tmp_path):
     assert model.arch == "mobilefacenet" and model.input_size == 112
 
 
-def test_killed_worker_restarts_from_checkpoint(ray_session, glint, tmp_path):
-    from jobs import train_facenet
+def test_killed_worker_restarts_from_checkpoint_on_s3(ray_session, glint, s3_bucket, s3_env):
+    """Checkpoints, metrics and the exported model on the S3 server; a worker killed at
+    step 3 restarts the group from the step-2 checkpoint and training ends at epoch 2."""
+    from facenet.model import load_checkpoint
+    from jobs import storage, train_facenet
 
-    out = train_facenet.main(_args(tmp_path, "fault", "--epochs", "2", "--checkpoint-every", "2",
-                                   "--kill-worker-at-step", "3", "--max-failures", "1"))
-    run_dir = tmp_path / "fault"
-    assert (run_dir / "_fault_injected").exists()
-    hist = _history(run_dir)
-    epochs = [h["epoch"] for h in hist if h["kind"] == "epoch"]
-    assert epochs == [1, 2], hist
-    assert out["metrics"]["epoch"] == 2
+    out = train_facenet.main(["--smoke-test", "--storage", s3_bucket, "--name", "fault", "--epochs", "2",
+                              "--checkpoint-every", "2", "--kill-worker-at-step", "3", "--max-failures", "1"])
+    run_dir = storage.join_uri(s3_bucket, "fault")
+    assert storage.exists(storage.join_uri(run_dir, "_fault_injected"))
+    text = storage.read_bytes(storage.join_uri(run_dir, "metrics.jsonl")).decode()
+    hist = [json.loads(line) for line in text.splitlines()]
+    assert [h["epoch"] for h in hist if h["kind"] == "epoch"] == [1, 2], hist
+    assert any(h["kind"] == "resume" for h in hist), hist
+    assert out["metrics"]["epoch"] == 2 and out["model"].startswith("s3://")
+    assert load_checkpoint(out["model"]).arch == "mobilefacenet"
 
 
 def test_resume_after_the_driver_is_killed(ray_session, glint, tmp_path):
