@@ -12,11 +12,40 @@ The code lives in one module per responsibility; import from there in new code:
 """
 from __future__ import annotations
 
-from jobs.cli import (EXIT_FAILED, EXIT_OK, EXIT_USAGE, RunFailed, UsageError, build_parser,  # noqa: F401
-                      config_from_args, option, parse_config, refuse_with_smoke_test, run_cli,
-                      smoke_data, split_list)
+from jobs.cli import (  # noqa: F401
+                      EXIT_FAILED,
+                      EXIT_OK,
+                      EXIT_USAGE,
+                      RunFailed,
+                      UsageError,
+                      build_parser,
+                      config_from_args,
+                      option,
+                      parse_config,
+                      refuse_with_smoke_test,
+                      run_cli,
+                      smoke_data,
+                      split_list,
+)
 from jobs.progress import ProgressLogger, format_duration, setup_logging  # noqa: F401
 from jobs.raysetup import RayInfo, init_ray, ray_context, runtime_env_with_s3  # noqa: F401
-from jobs.storage import (S3_ENV_VARS, ensure_dir, exists, filesystem_for, inside, is_local,  # noqa: F401
-                          is_s3, join_uri, list_files, overlaps, path_to_uri, read_bytes, read_json,
-                          redact, s3_env_vars, worker_runtime_env, write_bytes, write_json)
+from jobs.storage import (  # noqa: F401
+                      S3_ENV_VARS,
+                      ensure_dir,
+                      exists,
+                      filesystem_for,
+                      inside,
+                      is_local,
+                      is_s3,
+                      join_uri,
+                      list_files,
+                      overlaps,
+                      path_to_uri,
+                      read_bytes,
+                      read_json,
+                      redact,
+                      s3_env_vars,
+                      worker_runtime_env,
+                      write_bytes,
+                      write_json,
+)
