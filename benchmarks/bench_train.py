@@ -66,7 +66,7 @@ def ray_job(args, workers: int) -> tuple[float, float]:
     out = train_facenet.main(["--folders", str(_glint()), "--model", args.model, "--no-pretrained",
                               "--epochs", "2", "--steps-per-epoch", str(args.steps), "--P", str(args.P),
                               "--K", str(args.K), "--optimizer", "adam", "--lr", "0.001", "--mining", "batch_hard",
-                              "--num-workers", str(workers), "--storage", storage, "--name", f"w{workers}",
+                              "--num-workers", str(workers), "--output", storage, "--name", f"w{workers}",
                               "--val-holdout", "0", "--max-per-identity", "12", "--num-cpus", "2",
                               "--log-level", "WARNING"])
     return float(out["metrics"]["samples_per_s_global"]), time.perf_counter() - t0

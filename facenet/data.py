@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -220,9 +220,10 @@ def records_from_folder(root: str, *, analyzer=None, max_per_identity: int | Non
     aligned face crops (glint's 112 px, MFR2's 160 px), where the predictor is fitted in the
     crop's known face box instead of running the detector (HOG misses tight crops)."""
     import os
+
+    from masktheface.geometry import analyse, primary_face
     from masktheface.imageio import IMAGE_EXTENSIONS, decode_image
     from masktheface.landmarks import FaceAnalyzer
-    from masktheface.geometry import analyse, primary_face
 
     analyzer = analyzer or FaceAnalyzer()
     images, names, lms, groups = [], [], [], []

@@ -372,7 +372,8 @@ def triplet_loss(emb: Tensor, labels: Any, *, margin: float = 0.2, mining: str =
         raise ValueError(f"triplet_loss: unknown mining {mining!r}; one of {', '.join(MINING_MODES)}")
     labels = torch.as_tensor(labels, device=emb.device)
     if emb.ndim != 2 or labels.shape != (emb.shape[0],):
-        raise ValueError(f"triplet_loss: emb (B,D) and labels (B,) expected, got {tuple(emb.shape)} and {tuple(labels.shape)}")
+        raise ValueError(f"triplet_loss: emb (B,D) and labels (B,) expected, "
+                         f"got {tuple(emb.shape)} and {tuple(labels.shape)}")
     all_emb, all_labels, _ = (gather or identity_gather)(emb, labels)
     all_labels = torch.as_tensor(all_labels, device=all_emb.device)
     d = pairwise_sq_dists(all_emb)

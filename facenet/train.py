@@ -45,11 +45,13 @@ class TrainConfig:
     images of one *global* batch.  ``trainable``: ``all`` or ``head`` (only the model's
     ``head_modules``: the last stage and the embedding layer, for fine-tuning)."""
 
-    model: str = field(default="dlib_resnet", metadata={"help": "facenet.model registry name (inception_resnet_v1, mobilefacenet, dlib_resnet)"})
+    model: str = field(default="dlib_resnet", metadata={
+        "help": "facenet.model registry name (inception_resnet_v1, mobilefacenet, dlib_resnet)"})
     model_kwargs: Mapping[str, Any] = field(default_factory=dict, metadata={"cli": False})
     pretrained: bool = field(default=True, metadata={"help": "start from the model's shipped weights (dlib_resnet)"})
     epochs: int = field(default=3, metadata={"help": "epochs"})
-    steps_per_epoch: int = field(default=0, metadata={"help": "steps per epoch (0 = one pass over the identities)"})
+    steps_per_epoch: int = field(default=0, metadata={
+        "help": "steps per epoch (0 = one pass over the identities)"})
     P: int = field(default=8, metadata={"help": "identities per global batch", "flag": "--P"})
     K: int = field(default=4, metadata={"help": "images per identity in a batch", "flag": "--K"})
     margin: float = field(default=0.2, metadata={"help": "triplet margin alpha on squared L2 distances"})
@@ -59,10 +61,12 @@ class TrainConfig:
     lr: float = field(default=0.05, metadata={"help": "base learning rate"})
     momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
     weight_decay: float = field(default=5e-4, metadata={"help": "weight decay"})
-    schedule: str = field(default="paper", metadata={"help": f"learning-rate schedule: {', '.join(SCHEDULES)} (paper: /10 after each third)"})
+    schedule: str = field(default="paper", metadata={
+        "help": f"learning-rate schedule: {', '.join(SCHEDULES)} (paper: /10 after each third)"})
     warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps"})
     grad_clip: float = field(default=0.0, metadata={"help": "clip the global gradient norm (0 = off)"})
-    trainable: str = field(default="all", metadata={"help": "all, or head (only the last stage and the embedding layer)"})
+    trainable: str = field(default="all", metadata={
+        "help": "all, or head (only the last stage and the embedding layer)"})
     amp: bool = field(default=True, metadata={"help": "bf16 autocast on CUDA"})
     seed: int = field(default=0, metadata={"help": "seed of sampling, online masks and initialisation"})
 

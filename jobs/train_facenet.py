@@ -2,7 +2,7 @@
 
     python -m jobs.train_facenet --smoke-test          # 2 CPU workers, a few steps on glint_subset
     python -m jobs.train_facenet --data out/lfw-train-sm --variants original,N95,cloth \\
-        --model dlib_resnet --trainable head --epochs 6 --name masknet --storage out/train
+        --model dlib_resnet --trainable head --epochs 6 --name masknet --output out/train
     python -m jobs.train_facenet --folders ../shared/data/celeba_subset --mask-prob 0.5 ...
 
 The job is a thin adapter around :mod:`facenet.train`::
@@ -16,7 +16,7 @@ The job is a thin adapter around :mod:`facenet.train`::
       [4] report  - metrics (+ a checkpoint from rank 0) every epoch and every N steps
     driver: export the last checkpoint's model.pt where jobs.evaluate --model reads it
 
-A rerun with the same ``--name`` and ``--storage`` resumes from the last checkpoint (mid-
+A rerun with the same ``--name`` and ``--output`` resumes from the last checkpoint (mid-
 epoch included); ``--max-failures`` restarts killed workers from it.
 """
 from __future__ import annotations
@@ -33,14 +33,27 @@ from typing import Any, Sequence
 
 from facenet.train import TrainConfig
 from jobs import storage
+from jobs.cli import (
+    RAY_GROUP,
+    RUN_GROUP,
+    RunFailed,
+    UsageError,
+    log_level_option,
+    num_cpus_option,
+    option,
+    ray_address_option,
+    refuse_with_smoke_test,
+    run_cli,
+    smoke_data,
+    smoke_test_option,
+    variants_option,
+)
 from jobs.progress import setup_logging
 from jobs.raysetup import ray_context
-from jobs.cli import (RAY_GROUP, RUN_GROUP, RunFailed, UsageError, log_level_option, num_cpus_option, option,
-                      ray_address_option, refuse_with_smoke_test, run_cli, smoke_data, smoke_test_option,
-                      variants_option)
 
 log = logging.getLogger("jobs.train_facenet")
 
+PROG = "python -m jobs.train_facenet"
 MODEL_FILE = "model.pt"
 STATE_FILE = "train_state.pt"
 METRICS_FILE = "metrics.jsonl"
@@ -53,12 +66,15 @@ class TrainJobConfig(TrainConfig):
     epochs, P, K, mining, optimiser, schedule, ...); these fields say where the data, the
     workers and the checkpoints are."""
 
-    data: tuple[str, ...] = option((), "Parquet data sets written by jobs.mask_dataset (local or s3://)", metavar="URI,...")
-    folders: tuple[str, ...] = option((), "identity-folder image trees (<identity>/<image>; unmasked, landmarks found with dlib)", metavar="DIR,...")
+    data: tuple[str, ...] = option((), "Parquet data sets written by jobs.mask_dataset (local or s3://)",
+                                   metavar="URI,...")
+    folders: tuple[str, ...] = option((), "identity-folder image trees (<identity>/<image>; unmasked, landmarks "
+                                      "found with dlib)", metavar="DIR,...")
     variants: tuple[str, ...] = variants_option((), "variants of --data to train on (empty: all)")
     exclude_identities: str | None = option(None, "a file of identities (one per line) to leave out of training, "
                                             "e.g. those too close to an evaluation set", none_means="none")
-    prealigned: bool = option(False, "--folders hold aligned face crops: landmarks fitted in a fixed box where HOG misses")
+    prealigned: bool = option(False, "--folders hold aligned face crops: landmarks fitted in a fixed box where "
+                              "HOG misses")
     max_per_identity: int = option(0, "use at most N images per identity of --folders (0: all)")
     val_holdout: int = option(4, "identities held out of training; validation pairs come from them (0: no validation)")
     val_pairs: int = option(200, "validation pairs drawn from the held-out identities")
@@ -67,9 +83,10 @@ class TrainJobConfig(TrainConfig):
     mask_types: tuple[str, ...] = option(("surgical", "surgical_blue", "surgical_green", "N95", "KN95", "cloth"),
                                          "mask types drawn for online masks", metavar="A,B,...")
     jitter: float = option(0.02, "random crop shift, as a fraction of the crop side")
-    name: str = option("facenet", "run name: a rerun with the same name and storage resumes from its last checkpoint")
-    storage: str = option("out/train", "storage for checkpoints and metrics (a folder or s3://bucket/prefix)")
-    export: str | None = option(None, "where to write the final model.pt", none_means="STORAGE/NAME/model.pt")
+    name: str = option("facenet", "run name: a rerun with the same name and output resumes from its last checkpoint")
+    output: str = option("out/train", "storage of runs: checkpoints, metrics and the model go to OUTPUT/NAME "
+                         "(a folder or s3://bucket/prefix)")
+    export: str | None = option(None, "where to write the final model.pt", none_means="OUTPUT/NAME/model.pt")
     num_workers: int = option(2, "Ray Train workers (data-parallel)", group=RAY_GROUP)
     use_gpu: bool = option(False, "one GPU per worker (bf16 autocast, channels_last)", group=RAY_GROUP)
     cpus_per_worker: float = option(1.0, "CPUs reserved per worker", group=RAY_GROUP)
@@ -149,6 +166,7 @@ def validation_sets(held, alignment: str, size: int, job: TrainJobConfig, seed: 
     """Held-out identities -> [ValidationSet] (unmasked pairs, and pairs whose second image
     wears ``--val-mask``, drawn once with the seed)."""
     import numpy as np
+
     from facenet import data as fdata
     from facenet.train import ValidationSet
 
@@ -188,6 +206,7 @@ def check_sampling(records, P: int, K: int, world_size: int) -> None:
 def _save_checkpoint(dirpath: str, model, optimizer, cfg, epoch: int, step_in_epoch: int, step: int,
                      metrics: dict, history: list) -> None:
     import torch
+
     from facenet import model as fmodel
     fmodel.save_checkpoint(os.path.join(dirpath, MODEL_FILE), model, train_config=cfg.to_dict(), epoch=epoch,
                            step=step, metrics=metrics)
@@ -199,6 +218,7 @@ def _restore(model, optimizer):
     """-> (epoch, step_in_epoch, global step, history) from ray.train.get_checkpoint(), or zeros."""
     import ray.train
     import torch
+
     from facenet import model as fmodel
     ckpt = ray.train.get_checkpoint()
     if ckpt is None:
@@ -213,11 +233,11 @@ def _restore(model, optimizer):
 
 
 def train_loop_per_worker(config: dict) -> None:
-    import numpy as np
     import ray
     import ray.train
     import ray.train.torch
     import torch
+
     from facenet import data as fdata
     from facenet.losses import all_gather_embeddings
     from facenet.sampler import PKSampler
@@ -270,7 +290,7 @@ def train_loop_per_worker(config: dict) -> None:
         plan = sampler.batches(epoch)[skip:]
         start = step
 
-        def on_step(gstep: int, stats: dict, epoch=epoch, start=start, skip=skip) -> None:
+        def on_step(gstep: int, stats: dict, epoch=epoch, start=start, skip=skip, plan=plan) -> None:
             if config["kill_at"] and gstep == config["kill_at"] and rank == world - 1:
                 _kill_once(config["run_dir"])
             if every and gstep % every == 0 and gstep - start < len(plan):
@@ -337,9 +357,9 @@ def run(job: TrainJobConfig) -> dict[str, Any]:
     check_sampling(train, cfg.P, cfg.K, job.num_workers)
     log.info("training set: %s", json.dumps(train.summary()))
     vsets = validation_sets(held, alignment, size, job, cfg.seed) if held is not None and len(held) else []
-    if "://" not in job.storage:  # workers do not share the driver's working directory
-        job = dataclasses.replace(job, storage=os.path.abspath(job.storage))
-    run_dir = storage.join_uri(job.storage, job.name)
+    if "://" not in job.output:  # workers do not share the driver's working directory
+        job = dataclasses.replace(job, output=os.path.abspath(job.output))
+    run_dir = storage.join_uri(job.output, job.name)
 
     # a private local Ray gets its dashboard: Ray Train's placement-group cleaner polls the
     # state API it serves, and warns every second without it
@@ -349,7 +369,7 @@ def run(job: TrainJobConfig) -> dict[str, Any]:
         import ray.train
         from ray.train.torch import TorchTrainer
 
-        storage_fs, storage_path = storage.filesystem_for(job.storage)
+        storage_fs, storage_path = storage.filesystem_for(job.output)
         config = {"train": cfg.to_dict(), "records": ray.put(train), "validation": ray.put(vsets),
                   "alignment": alignment, "run_dir": run_dir, "checkpoint_every": job.checkpoint_every,
                   "kill_at": job.kill_worker_at_step, "s3_env": storage.s3_env_vars(),
@@ -361,7 +381,7 @@ def run(job: TrainJobConfig) -> dict[str, Any]:
                                                    resources_per_worker={"CPU": job.cpus_per_worker}),
             run_config=ray.train.RunConfig(
                 name=job.name, storage_path=storage_path,
-                storage_filesystem=storage_fs if storage.is_s3(job.storage) else None,
+                storage_filesystem=storage_fs if storage.is_s3(job.output) else None,
                 failure_config=ray.train.FailureConfig(max_failures=job.max_failures),
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.keep)))
         result = trainer.fit()
@@ -384,22 +404,22 @@ SMOKE = dict(model="mobilefacenet", pretrained=False, epochs=3, steps_per_epoch=
 
 def smoke_config(cfg: TrainJobConfig) -> TrainJobConfig:
     """``--smoke-test``: glint_subset's aligned crops (20 identities trained, 4 held out),
-    MobileFaceNet from scratch, 2 CPU workers, 3 epochs of 5 steps, into a temporary storage
-    folder unless --storage is given; any training flag given alongside wins (a flag set to its
+    MobileFaceNet from scratch, 2 CPU workers, 3 epochs of 5 steps, into a temporary output
+    folder unless --output is given; any training flag given alongside wins (a flag set to its
     default value cannot be told from an absent one: it takes the smoke value)."""
     refuse_with_smoke_test(cfg, "data", "folders")
     glint = smoke_data("glint_subset", "datasets", "celebrity_images")
     defaults = {f.name: f.default for f in dataclasses.fields(TrainJobConfig)}
     changes = {k: v for k, v in SMOKE.items() if getattr(cfg, k) == defaults[k]}
-    if cfg.storage == defaults["storage"]:
-        changes["storage"] = tempfile.mkdtemp(prefix="train-smoke-")
+    if cfg.output == defaults["output"]:
+        changes["output"] = tempfile.mkdtemp(prefix="train-smoke-")
     return dataclasses.replace(cfg, folders=(str(glint),), **changes)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Command line entry: ``python -m jobs.train_facenet ...`` -> the run summary."""
     from jobs.cli import parse_config
-    cfg = parse_config(TrainJobConfig, argv, prog="python -m jobs.train_facenet",
+    cfg = parse_config(TrainJobConfig, argv, prog=PROG,
                        description=(TrainJobConfig.__doc__ or "").strip(), epilog=__doc__)
     if cfg.smoke_test:
         cfg = smoke_config(cfg)
@@ -417,7 +437,7 @@ def summarise(summary: dict[str, Any]) -> str:
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    return run_cli(main, argv, prog="python -m jobs.train_facenet", summarise=summarise)
+    return run_cli(main, argv, prog=PROG, summarise=summarise)
 
 
 if __name__ == "__main__":  # pragma: no cover

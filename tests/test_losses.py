@@ -3,7 +3,6 @@ processes against one process on the concatenated batch."""
 
 from __future__ import annotations
 
-import itertools
 import os
 import socket
 

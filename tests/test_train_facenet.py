@@ -30,7 +30,7 @@ def _history(run_dir: Path) -> list[dict]:
 
 
 def _args(tmp: Path, name: str, *extra: str) -> list[str]:
-    return ["--smoke-test", "--storage", str(tmp), "--name", name, "--num-cpus", "2", *extra]
+    return ["--smoke-test", "--output", str(tmp), "--name", name, "--num-cpus", "2", *extra]
 
 
 def test_two_workers_learn(ray_session, glint, tmp_path):
@@ -57,7 +57,7 @@ def test_killed_worker_restarts_from_checkpoint_on_s3(ray_session, glint, s3_buc
     from facenet.model import load_checkpoint
     from jobs import storage, train_facenet
 
-    out = train_facenet.main(["--smoke-test", "--storage", s3_bucket, "--name", "fault", "--epochs", "2",
+    out = train_facenet.main(["--smoke-test", "--output", s3_bucket, "--name", "fault", "--epochs", "2",
                               "--checkpoint-every", "2", "--kill-worker-at-step", "3", "--max-failures", "1"])
     run_dir = storage.join_uri(s3_bucket, "fault")
     assert storage.exists(storage.join_uri(run_dir, "_fault_injected"))

@@ -135,7 +135,7 @@ def step_train(args, work: Path, which: str) -> float:
            "--val-holdout", str(args.val_holdout), "--val-pairs", "400", "--val-mask", "N95", "--jitter", "0.0",
            "--num-workers", str(args.workers), "--checkpoint-every", "25",
            "--exclude-identities", str(exclusion_file(work, Path(args.overlap))),
-           "--storage", str(work / "train"), "--name", name]
+           "--output", str(work / "train"), "--name", name]
     return run("jobs.train_facenet", cmd, work / "logs" / f"train_{which}.log")
 
 
