@@ -3,7 +3,7 @@
 Flags follow the original MaskTheFace (``--path --mask_type --pattern --pattern_weight
 --color --color_weight --code --verbose --write_original_image``) plus ``--output --seed
 --workers --format --quality --aligned --manifest --placement --draw --pack --detector
---upsample --write_alpha --write_metadata``.
+--upsample --min_face --min_confidence --write_alpha --write_metadata``.
 Every input file gets one manifest row (path, status, faces, outputs, error); nothing is
 dropped silently.  Outputs of a folder go to ``<folder>_masked`` beside it (or ``--output``);
 outputs of a single file are written next to it, as ``<stem>_<variant>.<ext>`` (or into
@@ -118,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--upsample", default="auto", choices=UPSAMPLE_CHOICES,
                    help="detector upsampling: 'auto' upsamples once only where the first pass finds "
                         "nothing; 1/2 always (finds smaller faces, slower)")
+    p.add_argument("--min_face", type=_int_in(1), default=20,
+                   help="ignore detected faces whose box is smaller than this many pixels")
+    p.add_argument("--min_confidence", type=float, default=None,
+                   help="ignore detections scoring below this (HOG/CNN score; default: the detector's own "
+                        "threshold, 0; detections under 0.5 also get a face check that reports non-faces "
+                        "as 'not_a_face' instead of masking them)")
     p.add_argument("--verbose", action="store_true", help="log every image")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return p
@@ -138,6 +144,8 @@ class Job:
     write_original: bool
     write_alpha: bool = False
     write_metadata: bool = False
+    min_face: int = 20
+    min_score: float | None = None
 
 
 def _variants(args: argparse.Namespace, pack=None) -> tuple:
@@ -220,7 +228,8 @@ def _init_worker(job: Job) -> None:
     from .pipeline import Masker, MaskerConfig
 
     _JOB = job
-    _MASKER = Masker(MaskerConfig(detector=job.detector, upsample=job.upsample, pack=job.pack))
+    _MASKER = Masker(MaskerConfig(detector=job.detector, upsample=job.upsample, pack=job.pack,
+                                  min_face=job.min_face, min_score=job.min_score))
 
 
 def _process_one(item: tuple[str, str, str]) -> dict:
@@ -333,7 +342,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rel = f.relative_to(base)
         items.append((str(f), rel.as_posix(), str(out_root / rel.parent / rel.stem)))
     job = Job(variants, args.seed, args.format, args.quality, args.aligned, args.pack, args.detector,
-              args.upsample, args.write_original_image, args.write_alpha, args.write_metadata)
+              args.upsample, args.write_original_image, args.write_alpha, args.write_metadata,
+              args.min_face, args.min_confidence)
     t0 = time.perf_counter()
     rows: list[dict] = []
     from tqdm import tqdm

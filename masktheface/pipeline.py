@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Sequence
 
@@ -29,7 +29,20 @@ log = logging.getLogger(__name__)
 # Statuses.  Image level (MaskResult, VariantOutput, Processed): "ok", "no_face",
 # "mask_failed", "decode_error", "too_large", "error" (the one list, with the jobs'
 # "read_error", is masktheface.dataset_schema.STATUSES).  Face level (FaceResult): "ok",
-# "geometry_failed", "warp_failed".
+# "geometry_failed", "not_a_face" (a detection that failed the face check), "warp_failed".
+#: face-level statuses of a face that is not there to be masked (an image whose faces all
+#: have one of these has no face)
+NOT_FACES = ("not_a_face",)
+
+
+def face_geometry(face: Face, shape: tuple[int, ...]) -> geometry.FaceGeometry:
+    """The face's geometry (:func:`masktheface.geometry.analyse`), with the detector's face
+    check folded in: a detection that failed it gets status "not_a_face" and never wins
+    :func:`primary_face` or gets a mask."""
+    geo = geometry.analyse(face.landmarks, shape)
+    if not face.plausible:
+        return replace(geo, status="not_a_face", error=face.check or "not a face")
+    return geo
 
 
 @dataclass(frozen=True)
@@ -37,6 +50,9 @@ class MaskerConfig:
     detector: str = "hog"            # "hog" | "cnn"
     upsample: str = "auto"           # "auto" | "0" | "1" | "2"
     max_detect_side: int = 800       # detect larger photos on a downscaled copy
+    min_face: int = 20               # drop detections smaller than this (box side, px)
+    min_score: float | None = None   # drop detections scoring below this (None: the detector's own)
+    verify: bool = True              # face check on detections that are not sure (non-faces -> not_a_face)
     max_pixels: int = 80_000_000     # refuse bigger images (decompression bombs)
     pack: str | None = None          # a MaskTheFace-format template pack folder
     shading: float = 0.6             # strength of the face-matched local shading (0 = off)
@@ -129,12 +145,24 @@ class Processed:
     primary: int | None = None
 
 
+#: smallest scale (px per canonical unit) built-in art is drawn at: a 50 px wide face
+MIN_ART_SCALE = 1.0 / 16.0
+
+
+@lru_cache(maxsize=64)
+def _ratio_bounds(mask_type: str, placement: str) -> tuple[float, float]:
+    """Plausible ``alpha area / landmark box`` of a built-in (type, placement), from its art."""
+    art = draw_builtin(mask_type, placement, 0.125)
+    return render.expected_ratio_bounds(art.bgra[..., 3], art.scale)
+
+
 class Masker:
     """Puts masks on faces.  Build once per process (loads dlib's models, ~1.5 s)."""
 
     def __init__(self, config: MaskerConfig = MaskerConfig(), analyzer: FaceAnalyzer | None = None) -> None:
         self.config = config
-        self.analyzer = analyzer or FaceAnalyzer(config.detector, config.upsample, config.max_detect_side)
+        self.analyzer = analyzer or FaceAnalyzer(config.detector, config.upsample, config.max_detect_side,
+                                                 config.min_face, config.min_score, config.verify)
         self.pack = None
         if config.pack:
             self.pack = load_pack(config.pack)
@@ -188,24 +216,30 @@ class Masker:
         into ``alpha`` (float32 (H,W)); failures become the FaceResult's status.  ``geo``:
         the face's geometry when already analysed."""
         if geo is None:
-            geo = geometry.analyse(face.landmarks, image.shape)
+            geo = face_geometry(face, image.shape)
         box = tuple(float(v) for v in face.box)
 
         def result(status: str, error: str | None = None, coverage: float = 0.0) -> FaceResult:
             return FaceResult(box, face.landmarks, geo.six, geo.tilt_deg, geo.view, spec, status, error, coverage)
 
         if geo.status != "ok":
-            return result("geometry_failed", geo.error)
+            return result(geo.status, geo.error)
         face_w = float(np.linalg.norm(face.landmarks[16] - face.landmarks[0]))
         try:
             # art is cached per scale: one ladder of scales (masks.quantise_scale) keeps both
             # this cache and the drawing cache small
-            kind, bgra, ref, scale = self._styled(spec, geo.view, quantise_scale(max(face_w, 1e-3) / 800.0))
+            # never below MIN_ART_SCALE: the art is clipped to its hull shrunk by ~1.5 output px,
+            # which at a tiny scale eats a chin mask whole; the warp samples it down instead
+            art_scale = quantise_scale(max(face_w / 800.0, MIN_ART_SCALE))
+            kind, bgra, ref, scale = self._styled(spec, geo.view, art_scale)
             if kind == "mesh":
                 warped = render.warp_mesh(bgra, ref, scale, face.landmarks, image.shape)
+                # the bounds follow the type and placement (a chin mask is small on purpose)
+                lo, hi = _ratio_bounds(spec.mask_type, spec.placement)
+                area = render.check_warp(warped, render.landmark_box(face.landmarks), image.shape, lo, hi)
             else:
                 warped = render.warp_homography(bgra, ref, geo.six, image.shape)
-            area = render.check_warp(warped, face.box, image.shape)
+                area = render.check_warp(warped, face.box, image.shape)
         except render.WarpError as e:
             return result("warp_failed", str(e))
         if spec.mask_type in REGION_TYPES:
@@ -252,6 +286,8 @@ class Masker:
                                           spec, "warp_failed", f"{type(e).__name__}: {e}"))
         if not faces:
             status, error = "no_face", "no face found"
+        elif all(r.status in NOT_FACES for r in results):
+            status, error = "no_face", "no face found: " + "; ".join(sorted({r.error or r.status for r in results}))
         elif any(r.status == "ok" for r in results):
             status, error = "ok", None
         else:
@@ -287,7 +323,7 @@ class Masker:
             bgr = dec.bgr
             h, w = bgr.shape[:2]
             faces = self.find_faces(bgr, boxes, landmarks, dec.gray)
-            geos = [geometry.analyse(f.landmarks, bgr.shape) for f in faces]
+            geos = [face_geometry(f, bgr.shape) for f in faces]
             primary = primary_face(faces, bgr.shape, geos)
             M = None
             if aligned and primary is not None:
@@ -309,8 +345,7 @@ class Masker:
         if not variant.specs:
             img, alpha = dec.bgr, None
             face_results = tuple(FaceResult(tuple(float(v) for v in f.box), f.landmarks, g.six, g.tilt_deg,
-                                            g.view, None, "ok" if g.status == "ok" else "geometry_failed",
-                                            g.error) for f, g in zip(faces, geos))
+                                            g.view, None, g.status, g.error) for f, g in zip(faces, geos))
             if not faces:
                 status, error = "no_face", "no face found"
             elif any(g.status == "ok" for g in geos):

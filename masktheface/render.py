@@ -23,7 +23,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from .canonical import CANONICAL_VERTICES, mesh_vertices
+from .canonical import CANONICAL_68, CANONICAL_VERTICES, mesh_vertices
 
 log = logging.getLogger(__name__)
 
@@ -164,15 +164,41 @@ def warp_homography(template_bgra: np.ndarray, anchors: np.ndarray, six: np.ndar
 def check_warp(w: Warped, face_box: np.ndarray, image_shape: tuple[int, ...],
                min_ratio: float = 0.12, max_ratio: float = 1.6) -> float:
     """Sanity check of a warped mask: its alpha area against the face box must be plausible.
-    Returns the covered area in pixels; raises WarpError for a smear or a sliver."""
+    Returns the covered area in pixels; raises WarpError for a smear or a sliver.  The
+    bounds are fractions of the box area (see :func:`expected_ratio_bounds` for bounds
+    that follow the mask type and placement)."""
     area = float(w.alpha.sum())
     bw = max(float(face_box[2] - face_box[0]), 1.0)
     bh = max(float(face_box[3] - face_box[1]), 1.0)
     ratio = area / (bw * bh)
     if not np.isfinite(ratio) or ratio < min_ratio or ratio > max_ratio:
         raise WarpError(f"warped mask covers {ratio:.2f}x the face box (expected "
-                        f"{min_ratio}-{max_ratio}): rejected as a smear")
+                        f"{min_ratio:.2f}-{max_ratio:.2f}): rejected as a smear")
     return area
+
+
+#: a mesh-warped mask may cover this factor less / more of its face's landmark box than its
+#: art covers of the canonical face (pose and landmark jitter stay well inside; a smear or
+#: a sliver does not)
+RATIO_SLACK = (0.45, 2.2)
+
+
+def landmark_box(landmarks: np.ndarray) -> np.ndarray:
+    """float (68,2) -> float32 (4,) x0,y0,x1,y1 extent of the landmarks."""
+    lm = np.asarray(landmarks, np.float32)
+    return np.array([*lm.min(0), *lm.max(0)], np.float32)
+
+
+def expected_ratio_bounds(art_alpha: np.ndarray, art_scale: float) -> tuple[float, float]:
+    """Bounds of ``alpha area / landmark-box area`` for one art (uint8 or float alpha, drawn at
+    ``art_scale`` px per canonical unit): its own canonical ratio times :data:`RATIO_SLACK`.
+    A chin placement covers ~1/3 of what correct wear covers; one fixed bound for all (the
+    old 0.12 of the detector box) rejected valid chin masks on small faces."""
+    a = np.asarray(art_alpha, np.float32)
+    area = float(a.sum()) / (255.0 if a.max() > 1.0 else 1.0) / (art_scale * art_scale)
+    x0, y0, x1, y1 = landmark_box(CANONICAL_68)
+    ratio = area / float((x1 - x0) * (y1 - y0))
+    return ratio * RATIO_SLACK[0], ratio * RATIO_SLACK[1]
 
 
 # -- styling -----------------------------------------------------------------------------

@@ -299,3 +299,35 @@ def test_region_tools_and_cnn_detector():
     filled = inpaint.image[inside].astype(float)
     assert filled.mean() > 40 and not np.array_equal(inpaint.image, bgr)  # filled from around it
     _assert_fitted(empty.alpha, faces[0].landmarks, "empty region")
+
+
+@needs_data
+@pytest.mark.parametrize("placement", ["correct", "below_nose", "chin"])
+def test_every_placement_fits_small_faces(masker, placement):
+    # a valid placement is never rejected: faces of 15-60 px (below 12 px the geometry
+    # refuses), every type; the warp check's bounds follow the type and placement (a chin
+    # mask covers a third of a correct one)
+    from masktheface.landmarks import Face
+
+    for f in _lfw_sample(5, seed=21):
+        bgr = cv2.imread(f)
+        faces = masker.find_faces(bgr)
+        for s in (0.15, 0.25, 0.5):
+            small = cv2.resize(bgr, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
+            scaled = [Face(x.box * s, x.landmarks * s, x.score, "landmarks") for x in faces]
+            for t in RANDOM_TYPES:
+                res = masker.mask(small, MaskSpec(t, placement=placement), faces=scaled)
+                bad = [(r.status, r.error) for r in res.faces if r.status not in ("ok", "geometry_failed")]
+                assert not bad, (f, s, t, bad)
+                if s >= 0.25:
+                    assert res.n_masked >= 1, (f, s, t)
+
+
+def test_warp_check_still_rejects_smears():
+    from masktheface import render
+
+    lo, hi = render.expected_ratio_bounds(np.full((10, 10), 255, np.uint8), 0.01)
+    blob = render.Warped(np.ones((50, 50, 4), np.float32), 0, 0)
+    with pytest.raises(render.WarpError, match="smear"):
+        render.check_warp(blob, np.array([0, 0, 10, 10], np.float32), (100, 100, 3), 0.2, 1.5)
+    assert 0 < lo < hi

@@ -1,0 +1,174 @@
+"""Face detection on what the default must find (issue 10): tight face crops, small faces in
+crowds and group photos; non-faces reported as such.  Real faces from ../shared/data."""
+from __future__ import annotations
+
+import glob
+
+import cv2
+import numpy as np
+import pytest
+
+from masktheface.datadir import DATA_HINT, shared_data
+from masktheface.geometry import box_iou
+from masktheface.landmarks import FaceAnalyzer
+from masktheface.pipeline import Masker, MaskerConfig, Variant
+from masktheface.spec import MaskSpec
+
+DATA = shared_data()
+needs_data = pytest.mark.skipif(DATA is None or not (DATA / "lfw").is_dir(),
+                                reason=f"real faces not found ({DATA_HINT})")
+
+
+@pytest.fixture(scope="module")
+def auto() -> FaceAnalyzer:
+    return FaceAnalyzer(upsample="auto")
+
+
+@pytest.fixture(scope="module")
+def up1() -> FaceAnalyzer:
+    return FaceAnalyzer(upsample="1")
+
+
+def _lfw(n: int, seed: int) -> list[str]:
+    files = sorted(glob.glob(str(DATA / "lfw" / "lfw-deepfunneled" / "*" / "*.jpg")))
+    rng = np.random.default_rng(seed)
+    return [files[i] for i in rng.choice(len(files), n, replace=False)]
+
+
+def _rgb(path) -> np.ndarray:
+    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+
+
+def _tight_crop(rgb: np.ndarray, lm: np.ndarray, size: int, margin: float) -> tuple[np.ndarray, np.ndarray]:
+    """The face cut to its landmark box (jaw, brows, chin) grown by ``margin``, squared and
+    resized to ``size`` -> (crop, truth box in the crop)."""
+    x0, y0 = lm[0:17, 0].min(), lm[17:27, 1].min()
+    x1, y1 = lm[0:17, 0].max(), lm[0:17, 1].max()
+    side = max(x1 - x0, y1 - y0) * (1 + margin)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    s = size / side
+    M = np.array([[s, 0, size / 2 - s * cx], [0, s, size / 2 - s * cy]])
+    crop = cv2.warpAffine(rgb, M, (size, size), flags=cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC,
+                          borderMode=cv2.BORDER_REPLICATE)
+    truth = np.array([x0, y0, x1, y1]) * s + [M[0, 2], M[1, 2], M[0, 2], M[1, 2]]
+    return crop, truth
+
+
+def _found(faces, truth) -> bool:
+    return any(f.plausible and box_iou(f.box, truth) >= 0.3 for f in faces)
+
+
+@needs_data
+def test_tight_crops_are_found(auto, up1):
+    # faces filling 100-270 px images, cut into the forehead and the chin (as masked-face and
+    # web-face sets ship them): the default finds them, HOG's scans alone miss many
+    hits = exhaustive = total = 0
+    for k, f in enumerate(_lfw(12, seed=5)):
+        rgb = _rgb(f)
+        face = max(auto.faces(rgb), key=lambda x: float(x.box[2] - x.box[0]))
+        size, margin = (100, 160, 270)[k % 3], (-0.15, -0.05, 0.05)[k % 3]
+        crop, truth = _tight_crop(rgb, face.landmarks, size, margin)
+        found = auto.faces(crop)
+        hits += _found(found, truth)
+        exhaustive += _found(up1.faces(crop), truth)
+        total += 1
+    assert hits >= total - 1, f"{hits}/{total} tight crops found"
+    assert hits >= exhaustive
+
+
+@needs_data
+def test_crops_pass_is_used_only_when_nothing_else_is_found(auto):
+    rgb = _rgb(DATA / "lfw/lfw-deepfunneled/George_W_Bush/George_W_Bush_0001.jpg")
+    assert {d.pass_ for d in auto.detections(rgb)} == {"scan"}
+
+
+def _crowd(files: list[str], cells: list[int], width: int = 900) -> np.ndarray:
+    """LFW images tiled in rows of the given cell sizes."""
+    rows, k = [], 0
+    for cell in cells:
+        row = np.full((cell, width, 3), 128, np.uint8)
+        for c in range(width // cell):
+            row[:, c * cell:(c + 1) * cell] = cv2.resize(_rgb(files[k % len(files)]), (cell, cell),
+                                                         interpolation=cv2.INTER_AREA)
+            k += 1
+        rows.append(row)
+    return np.vstack(rows)
+
+
+@needs_data
+@pytest.mark.parametrize("cells", [[220, 110, 110, 90], [150, 100, 100, 100]])
+def test_auto_finds_what_upsampling_finds_in_crowds(auto, up1, cells):
+    crowd = _crowd(_lfw(40, seed=len(cells) + cells[0]), cells)
+    a = [f for f in auto.faces(crowd) if f.plausible]
+    u = [f for f in up1.faces(crowd) if f.plausible]
+    assert len(u) >= 15
+    missed = [f.box for f in u if not any(box_iou(f.box, g.box) >= 0.3 for g in a)]
+    assert not missed, f"auto missed {len(missed)} of the {len(u)} faces upsampling finds"
+
+
+@needs_data
+def test_group_photo_small_faces(auto, up1):
+    # multiface.jpg at half size: faces ~50 px, below HOG's 80 px window without upsampling
+    rgb = _rgb(DATA / "photos/multiface.jpg")
+    half = cv2.resize(rgb, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
+    u = up1.faces(half)
+    a = auto.faces(half)
+    assert len(u) >= 5
+    assert all(any(box_iou(f.box, g.box) >= 0.3 for g in a) for f in u)
+
+
+@needs_data
+def test_mission_patch_is_not_a_face():
+    # astronaut.png: HOG scores the mission patch on the suit as a face (0.04); the face
+    # check reports it as not_a_face, and only the real face is masked
+    m = Masker()
+    data = (DATA / "photos/astronaut.png").read_bytes()
+    p = m.process(data, "astronaut", [Variant("original"), Variant("N95", (MaskSpec("N95"),))])
+    orig, masked = p.outputs
+    statuses = sorted(f.status for f in masked.faces)
+    assert statuses == ["not_a_face", "ok"], [(f.box, f.status, f.error) for f in masked.faces]
+    patch = next(f for f in masked.faces if f.status == "not_a_face")
+    assert patch.box[1] > 300 and "not a face" in patch.error
+    assert masked.primary_face.status == "ok" and masked.primary_face.box[1] < 200
+    assert p.status == "ok" and masked.alpha is None  # alpha not kept unless asked
+
+
+@needs_data
+def test_confidence_and_size_flags():
+    rgb = _rgb(DATA / "photos/astronaut.png")
+    assert len(FaceAnalyzer().detect(rgb)) == 2
+    assert len(FaceAnalyzer(min_score=0.5).detect(rgb)) == 1          # the patch scores 0.04
+    assert len(FaceAnalyzer(min_face=120).detect(rgb)) == 0           # both are ~90 px
+    unchecked = FaceAnalyzer(verify=False).faces(rgb)
+    assert all(f.plausible for f in unchecked)
+
+
+@needs_data
+def test_non_faces_are_not_masked():
+    # textures (flowers, checks, fruit): whatever the detector's passes hit there is never masked
+    m = Masker()
+    files = sorted(glob.glob(str(DATA / "masktheface_templates/masks/textures/*/*")))
+    assert files
+    for f in files:
+        bgr = cv2.imread(f)
+        if bgr is None:
+            continue
+        res = m.mask(np.ascontiguousarray(bgr[..., :3]), MaskSpec("surgical"))
+        assert res.n_masked == 0, (f, [(x.box, x.status) for x in res.faces])
+        assert res.status == "no_face"
+
+
+@needs_data
+def test_only_non_faces_means_no_face_and_no_output():
+    m = Masker()
+    bgr = cv2.imread(str(DATA / "photos/astronaut.png"))
+    crop = bgr[300:460, 90:250].copy()              # the patch alone
+    faces = [f for f in m.find_faces(crop)]
+    res = m.mask(crop, MaskSpec("surgical"), faces=faces)
+    assert res.n_masked == 0
+    assert res.status == "no_face"
+
+
+def test_masker_config_reaches_the_analyzer():
+    m = Masker(MaskerConfig(min_face=33, min_score=0.25, verify=False))
+    assert (m.analyzer.min_face, m.analyzer.min_score, m.analyzer.verify) == (33, 0.25, False)
