@@ -18,23 +18,43 @@ def test_normalise_name_and_name_overlaps():
         ("glint:Simon Cowell", "mfr2:SimonCowell"), ("glint:Simon Cowell", "lfw_devtest:Simon_Cowell")}
 
 
-def test_close_pairs_on_synthetic_descriptors():
-    """Centroid distances against a brute-force loop; the threshold is strict (<)."""
+def test_pair_distances_and_rules_against_brute_force(tmp_path):
+    """Centroid, mean and min pair distances against loops; both flagging rules are strict
+    (<); the descriptor cache round-trips."""
     rng = np.random.default_rng(0)
     emb = io.IdentityEmbeddings()
-    centres = {"t:a": 0.0, "t:b": 0.55, "e:x": 0.0, "e:y": 0.8}
-    for k, shift in centres.items():
-        base = np.zeros(128)
-        base[0] = shift
-        emb.raw[k] = (base + rng.normal(0, 0.01, (3, 128))).astype(np.float32)
-    flagged, top = io.close_pairs(emb, ["t:a", "t:b"], ["e:x", "e:y"], threshold=0.6, closest=10)
-    brute = {(t, e): np.linalg.norm(emb.raw[t].mean(0) - emb.raw[e].mean(0))
-             for t in ("t:a", "t:b") for e in ("e:x", "e:y")}
-    assert [(p["training"], p["evaluation"]) for p in top] == sorted(brute, key=brute.get)
-    assert {(p["training"], p["evaluation"]) for p in flagged} == {k for k, d in brute.items() if d < 0.6}
-    for p in top:
-        assert p["distance"] == pytest.approx(brute[(p["training"], p["evaluation"])], abs=1e-3)
-        assert p["distance"] <= p["mean_pair_distance"] + 1e-4  # Jensen
+    # t:a ~ e:x (same centre); t:b's images sit +-0.7 either side of a centre 0.3 from e:x:
+    # image pairs ~0.76 apart, means 0.3 apart, so only the centroid rule catches it;
+    # t:c is far from everyone
+    centre = {"t:a": (0.0, 0.0), "t:b": (0.3, 0.0), "t:c": (2.0, 0.0), "e:x": (0.0, 0.0), "e:y": (0.8, 0.0)}
+    side = {"t:a": [0.0, 0.0, 0.0], "t:b": [0.7, -0.7, 0.7, -0.7], "t:c": [0.0, 0.0], "e:x": [0.0, 0.0],
+            "e:y": [0.0]}
+    for k, (x, y) in centre.items():
+        v = np.zeros((len(side[k]), 128))
+        v[:, 0], v[:, 1] = x, y + np.array(side[k])
+        emb.raw[k] = (v + rng.normal(0, 0.001, v.shape)).astype(np.float32)
+        emb.paths[k] = [f"{k}/{i}.jpg" for i in range(len(v))]
+    tk, ek = ["t:a", "t:b", "t:c"], ["e:x", "e:y"]
+    pd = io.pair_distances(emb, tk, ek)
+    for i, t in enumerate(tk):
+        for j, e in enumerate(ek):
+            d = [np.linalg.norm(a.astype(np.float64) - b) for a in emb.raw[t] for b in emb.raw[e]]
+            assert pd.mean_pair[i, j] == pytest.approx(np.mean(d), abs=1e-6)
+            assert pd.min_pair[i, j] == pytest.approx(np.min(d), abs=1e-6)
+            assert pd.centroid[i, j] == pytest.approx(
+                np.linalg.norm(emb.raw[t].mean(0) - emb.raw[e].mean(0)), abs=1e-5)
+            assert pd.centroid[i, j] <= pd.mean_pair[i, j] + 1e-9  # Jensen
+    out = io.close_pairs(emb, tk, ek, threshold=0.6, centroid_threshold=0.4, closest=10)
+    want = {(t, e) for i, t in enumerate(tk) for j, e in enumerate(ek)
+            if pd.mean_pair[i, j] < 0.6 or pd.centroid[i, j] < 0.4}
+    assert {(p["training"], p["evaluation"]) for p in out["flagged"]} == want
+    assert want == {("t:a", "e:x"), ("t:b", "e:x")}
+    assert pd.mean_pair[1, 0] > 0.6 > 0.4 > pd.centroid[1, 0]
+    means = [p["mean_pair_distance"] for p in out["closest_mean_pair"]]
+    assert means == sorted(means) and len(means) == 6
+    emb.save(tmp_path / "c.npz")
+    back = io.IdentityEmbeddings.load(tmp_path / "c.npz")
+    assert back.paths == emb.paths and all(np.array_equal(back.raw[k], emb.raw[k]) for k in emb.raw)
 
 
 def test_identity_lists_on_real_data():
@@ -61,12 +81,13 @@ def test_embedding_check_flags_self_and_same_person_not_others(few_embedded):
     emb = few_embedded
     assert emb.unit_check < 1e-5  # unit rows of the raw descriptors == DlibEmbedder's output
     keys = ["glint:Simon Cowell", "glint:Tom Hanks"]
-    flagged, top = io.close_pairs(emb, keys, ["glint:Tom Hanks", "mfr2:SimonCowell"], closest=4)
-    pairs = {(p["training"], p["evaluation"]): p["distance"] for p in top}
-    flagged_pairs = {(p["training"], p["evaluation"]) for p in flagged}
-    assert pairs[("glint:Tom Hanks", "glint:Tom Hanks")] == pytest.approx(0.0, abs=1e-4)
+    out = io.close_pairs(emb, keys, ["glint:Tom Hanks", "mfr2:SimonCowell"], closest=4)
+    pairs = {(p["training"], p["evaluation"]): p for p in out["closest_mean_pair"]}
+    flagged_pairs = {(p["training"], p["evaluation"]) for p in out["flagged"]}
+    assert pairs[("glint:Tom Hanks", "glint:Tom Hanks")]["centroid_distance"] == pytest.approx(0.0, abs=1e-4)
     # the same person in another data set (glint crops vs MFR2 crops) is caught by embedding
     assert flagged_pairs == {("glint:Tom Hanks", "glint:Tom Hanks"), ("glint:Simon Cowell", "mfr2:SimonCowell")}
-    assert pairs[("glint:Simon Cowell", "glint:Tom Hanks")] > 0.6
+    assert pairs[("glint:Simon Cowell", "glint:Tom Hanks")]["mean_pair_distance"] > 0.6
+    assert pairs[("glint:Simon Cowell", "glint:Tom Hanks")]["centroid_distance"] > 0.4
     # raw descriptors are not unit length (why 0.6 is applied to raw distances)
     assert io.norm_stats(emb)["median"] > 1.1
