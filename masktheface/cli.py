@@ -107,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write aligned crops (from the unmasked landmarks)")
     p.add_argument("--manifest", default=None, help="write one row per input (.csv or .jsonl)")
     p.add_argument("--write_original_image", action="store_true", help="also write the unmasked image")
+    p.add_argument("--name_drawn", action="store_true",
+                   help="name outputs after the mask drawn (img_N95.jpg, img_cloth+KN95.jpg for two faces "
+                        "with different masks) instead of the request (img_random.jpg); the manifest's "
+                        "'drawn' column lists them either way")
     p.add_argument("--write_alpha", action="store_true",
                    help="also write each masked output's mask alpha as <name>_alpha.png (0-255)")
     p.add_argument("--write_metadata", action="store_true",
@@ -146,6 +150,7 @@ class Job:
     write_metadata: bool = False
     min_face: int = 20
     min_score: float | None = None
+    name_drawn: bool = False
 
 
 def _variants(args: argparse.Namespace, pack=None) -> tuple:
@@ -243,7 +248,8 @@ def _process_one(item: tuple[str, str, str]) -> dict:
     fmt = ext if job.fmt == "same" else job.fmt
     if fmt not in ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff"):
         fmt = "jpg"
-    row = {"path": src, "status": "error", "error": None, "faces": 0, "masked": 0, "outputs": [], "seconds": 0.0}
+    row = {"path": src, "status": "error", "error": None, "faces": 0, "masked": 0, "outputs": [], "drawn": [],
+           "seconds": 0.0}
     try:
         data = Path(src).read_bytes()
     except OSError as e:
@@ -258,20 +264,24 @@ def _process_one(item: tuple[str, str, str]) -> dict:
         for o in res.outputs:
             if o.image is None:
                 continue
-            target = Path(f"{stem}_{o.variant}.{fmt}")
+            drawn = drawn_label(o)
+            if o.variant != "original":
+                row["drawn"].append(f"{o.variant}={drawn}")
+            name = drawn if job.name_drawn and o.variant != "original" else o.variant
+            target = Path(f"{stem}_{name}.{fmt}")
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(o.image)
             outs.append(str(target))
             if o.aligned is not None:
-                t2 = Path(f"{stem}_{o.variant}_aligned{job.aligned}.{fmt}")
+                t2 = Path(f"{stem}_{name}_aligned{job.aligned}.{fmt}")
                 t2.write_bytes(o.aligned)
                 outs.append(str(t2))
             if job.write_alpha and o.alpha is not None:
-                t3 = Path(f"{stem}_{o.variant}_alpha.png")
+                t3 = Path(f"{stem}_{name}_alpha.png")
                 t3.write_bytes(encode_image((np.clip(o.alpha, 0, 1) * 255 + 0.5).astype(np.uint8), "png"))
                 outs.append(str(t3))
             if job.write_metadata:
-                t4 = Path(f"{stem}_{o.variant}.json")
+                t4 = Path(f"{stem}_{name}.json")
                 t4.write_text(json.dumps(_metadata(src, o), ensure_ascii=False), encoding="utf-8")
                 outs.append(str(t4))
             if o.variant != "original":
@@ -282,13 +292,21 @@ def _process_one(item: tuple[str, str, str]) -> dict:
     return row
 
 
+def drawn_label(o) -> str:
+    """What an output shows: the labels of the masks drawn on its faces (``MaskSpec.label``,
+    e.g. ``N95`` or ``cloth-checks``), distinct, in face order, joined by ``+``; the variant's
+    name when no face got a mask (the original)."""
+    labels = [f.spec.label for f in o.faces if f.status == "ok" and f.spec is not None]
+    return "+".join(dict.fromkeys(labels)) or o.variant
+
+
 def _metadata(src: str, o) -> dict:
     """One output's faces as plain JSON (coordinates in the output image's pixels)."""
     def arr(a) -> list:
         return [[round(float(v), 2) for v in p] for p in np.asarray(a, np.float64)]
 
     return {
-        "source": src, "variant": o.variant, "status": o.status, "error": o.error,
+        "source": src, "variant": o.variant, "drawn": drawn_label(o), "status": o.status, "error": o.error,
         "width": o.width, "height": o.height,
         "faces": [{
             "box": [round(float(v), 2) for v in f.box], "landmarks": arr(f.landmarks),
@@ -308,10 +326,11 @@ def _write_manifest(path: Path, rows: list[dict]) -> None:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
         return
     with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=["path", "status", "faces", "masked", "outputs", "seconds", "error"])
+        w = csv.DictWriter(f, fieldnames=["path", "status", "faces", "masked", "outputs", "drawn", "seconds",
+                                          "error"])
         w.writeheader()
         for r in rows:
-            w.writerow({**r, "outputs": ";".join(r["outputs"])})
+            w.writerow({**r, "outputs": ";".join(r["outputs"]), "drawn": ";".join(r["drawn"])})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -343,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         items.append((str(f), rel.as_posix(), str(out_root / rel.parent / rel.stem)))
     job = Job(variants, args.seed, args.format, args.quality, args.aligned, args.pack, args.detector,
               args.upsample, args.write_original_image, args.write_alpha, args.write_metadata,
-              args.min_face, args.min_confidence)
+              args.min_face, args.min_confidence, args.name_drawn)
     t0 = time.perf_counter()
     rows: list[dict] = []
     from tqdm import tqdm

@@ -306,12 +306,10 @@ class FaceAnalyzer:
         """HOG's score of the face the landmarks describe, seen upright at a standard size.
 
         The image is warped (least-squares similarity of the brow, eye, nose and mouth
-        landmarks onto the canonical face) into a 160 px chip with the face in HOG's framing, and scanned at 1x; the best score of a box on
-        the chip's face is returned (-2 when there is none).  Rotation, scale and the lack
-        of context of a tight crop are normalised away, so what is left is "does this look
-        like a frontal face".  Measured: real faces (146, LFW and tight crops) 5th
-        percentile 0.08; non-faces (82 HOG hits on textures, whole textures, the mission
-        patch on astronaut.png) all below -0.02.
+        landmarks onto the canonical face) into a 160 px chip with the face in HOG's
+        framing, and scanned at 1x; the best score of a box on the chip's face is returned
+        (-2 when there is none).  Rotation and scale are normalised away, so what is left
+        is "does this look like a frontal face" (figures: :meth:`check`).
         """
         size = self._CHIP
         M = _similarity(np.asarray(lm, np.float64)[17:], _CHIP_REF[17:] * size)

@@ -188,3 +188,51 @@ def test_alpha_and_metadata_outputs(tmp_path):
         assert alpha[y, x] > 128
         x, y = (int(round(v)) for v in f["landmarks"][37])   # eye: uncovered
         assert alpha[y, x] < 25
+
+
+@needs_data
+def test_names_after_the_drawn_type_and_drawn_in_manifest(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(DATA / "photos/two_people.jpg", src / "two.jpg")
+    shutil.copy(DATA / "photos/obama-240p.jpg", src / "one.jpg")
+    man = tmp_path / "m.jsonl"
+    rc = main(["--path", str(src), "--output", str(tmp_path / "out"), "--mask_type", "random", "--seed", "4",
+               "--name_drawn", "--manifest", str(man), "--write_metadata", "--no-progress"])
+    assert rc == 0
+    rows = {Path(r["path"]).name: r for r in map(json.loads, man.read_text().splitlines())}
+    for name, r in rows.items():
+        assert len(r["drawn"]) == 1 and r["drawn"][0].startswith("random=")
+        drawn = r["drawn"][0].split("=", 1)[1]
+        assert drawn != "random" and all(t in ("surgical", "surgical_blue", "surgical_green", "N95", "KN95",
+                                               "cloth", "gas") for t in drawn.split("+"))
+        image = tmp_path / "out" / f"{Path(name).stem}_{drawn}.jpg"
+        assert str(image) in r["outputs"] and image.is_file()
+        meta = json.loads((tmp_path / "out" / f"{Path(name).stem}_{drawn}.json").read_text())
+        assert meta["drawn"] == drawn and meta["variant"] == "random"
+    assert len(rows["two.jpg"]["drawn"][0].split("=")[1].split("+")) in (1, 2)
+    # without the flag: named after the request, the manifest still says what was drawn
+    rc = main(["--path", str(src), "--output", str(tmp_path / "out2"), "--mask_type", "random", "--seed", "4",
+               "--manifest", str(tmp_path / "m2.csv"), "--no-progress"])
+    assert rc == 0 and (tmp_path / "out2" / "one_random.jpg").is_file()
+    row = next(r for r in csv.DictReader(open(tmp_path / "m2.csv", encoding="utf-8")) if r["path"].endswith("one.jpg"))
+    assert row["drawn"] == rows["one.jpg"]["drawn"][0]
+
+
+@needs_data
+def test_detection_flags(tmp_path, capsys):
+    src = tmp_path / "astronaut.png"
+    shutil.copy(DATA / "photos/astronaut.png", src)
+    rc = main(["--path", str(src), "--output", str(tmp_path / "a"), "--write_metadata", "--no-progress"])
+    assert rc == 0
+    meta = json.loads((tmp_path / "a" / "astronaut_surgical.json").read_text())
+    assert sorted(f["status"] for f in meta["faces"]) == ["not_a_face", "ok"]   # the mission patch
+    rc = main(["--path", str(src), "--output", str(tmp_path / "b"), "--min_face", "200", "--no-progress"])
+    assert rc == 1   # every face is smaller than 200 px: nothing to mask
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["no_face_images"] == 1
+    rc = main(["--path", str(src), "--output", str(tmp_path / "c"), "--min_confidence", "0.5", "--write_metadata",
+               "--no-progress"])
+    assert rc == 0
+    meta = json.loads((tmp_path / "c" / "astronaut_surgical.json").read_text())
+    assert [f["status"] for f in meta["faces"]] == ["ok"]
