@@ -3,7 +3,7 @@
 Flags follow the original MaskTheFace (``--path --mask_type --pattern --pattern_weight
 --color --color_weight --code --verbose --write_original_image``) plus ``--output --seed
 --workers --format --quality --aligned --manifest --placement --draw --pack --detector
---upsample --min_face --min_confidence --write_alpha --write_metadata``.
+--upsample --min_face --min_confidence --write_alpha --write_metadata --name_drawn --clean``.
 Every input file gets one manifest row (path, status, faces, outputs, error); nothing is
 dropped silently.  Outputs of a folder go to ``<folder>_masked`` beside it (or ``--output``);
 outputs of a single file are written next to it, as ``<stem>_<variant>.<ext>`` (or into
@@ -128,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ignore detections scoring below this (HOG/CNN score; default: the detector's own "
                         "threshold, 0; detections under 0.5 also get a face check that reports non-faces "
                         "as 'not_a_face' instead of masking them)")
+    p.add_argument("--clean", action="store_true",
+                   help="the clean look: no scene tint, grain/blur matching, shadow ring or fit variation")
     p.add_argument("--verbose", action="store_true", help="log every image")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return p
@@ -151,6 +153,7 @@ class Job:
     min_face: int = 20
     min_score: float | None = None
     name_drawn: bool = False
+    realism: bool = True
 
 
 def _variants(args: argparse.Namespace, pack=None) -> tuple:
@@ -234,7 +237,7 @@ def _init_worker(job: Job) -> None:
 
     _JOB = job
     _MASKER = Masker(MaskerConfig(detector=job.detector, upsample=job.upsample, pack=job.pack,
-                                  min_face=job.min_face, min_score=job.min_score))
+                                  min_face=job.min_face, min_score=job.min_score, realism=job.realism))
 
 
 def _process_one(item: tuple[str, str, str]) -> dict:
@@ -362,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         items.append((str(f), rel.as_posix(), str(out_root / rel.parent / rel.stem)))
     job = Job(variants, args.seed, args.format, args.quality, args.aligned, args.pack, args.detector,
               args.upsample, args.write_original_image, args.write_alpha, args.write_metadata,
-              args.min_face, args.min_confidence, args.name_drawn)
+              args.min_face, args.min_confidence, args.name_drawn, not args.clean)
     t0 = time.perf_counter()
     rows: list[dict] = []
     from tqdm import tqdm

@@ -17,7 +17,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from . import align, geometry, render
+from . import align, geometry, realism, render
 from .geometry import primary_face
 from .imageio import DecodedImage, ImageDecodeError, decode_image, encode_image, output_for
 from .landmarks import Face, FaceAnalyzer
@@ -56,6 +56,7 @@ class MaskerConfig:
     max_pixels: int = 80_000_000     # refuse bigger images (decompression bombs)
     pack: str | None = None          # a MaskTheFace-format template pack folder
     shading: float = 0.6             # strength of the face-matched local shading (0 = off)
+    realism: bool = True             # scene colour, grain/blur, shadow ring, fit variation (False: clean look)
 
 
 @dataclass(frozen=True)
@@ -211,10 +212,11 @@ class Masker:
 
     # -- masking -------------------------------------------------------------------------
     def mask_face(self, image: np.ndarray, alpha: np.ndarray, face: Face, spec: MaskSpec,
-                  geo: geometry.FaceGeometry | None = None) -> FaceResult:
+                  geo: geometry.FaceGeometry | None = None, look: realism.Look = realism.CLEAN) -> FaceResult:
         """Draw one mask on ``image`` (uint8 (H,W,3) BGR, modified in place), union its alpha
         into ``alpha`` (float32 (H,W)); failures become the FaceResult's status.  ``geo``:
-        the face's geometry when already analysed."""
+        the face's geometry when already analysed; ``look``: the realism drawn for this
+        face (:func:`masktheface.realism.draw_look`; CLEAN = none)."""
         if geo is None:
             geo = face_geometry(face, image.shape)
         box = tuple(float(v) for v in face.box)
@@ -233,7 +235,7 @@ class Masker:
             art_scale = quantise_scale(max(face_w / 800.0, MIN_ART_SCALE))
             kind, bgra, ref, scale = self._styled(spec, geo.view, art_scale)
             if kind == "mesh":
-                warped = render.warp_mesh(bgra, ref, scale, face.landmarks, image.shape)
+                warped = render.warp_mesh(bgra, ref, scale, realism.vary_fit(face.landmarks, look), image.shape)
                 # the bounds follow the type and placement (a chin mask is small on purpose)
                 lo, hi = _ratio_bounds(spec.mask_type, spec.placement)
                 area = render.check_warp(warped, render.landmark_box(face.landmarks), image.shape, lo, hi)
@@ -246,6 +248,8 @@ class Masker:
             render.fill_region(image, warped, spec.mask_type)
         else:
             render.shade(warped, image, face.box, self.config.shading)
+            realism.match_scene(warped.bgra, warped.x0, warped.y0, image, face.landmarks, look)
+            realism.cast_shadow(image, warped.alpha, warped.x0, warped.y0, face.landmarks, look)
             render.composite(image, warped)
         render.paste_alpha(alpha, warped)
         return result("ok", None, area)
@@ -277,8 +281,10 @@ class Masker:
         results = []
         for i, face in enumerate(faces):
             spec = specs[min(i, len(specs) - 1)] if per_face else choose(specs, rng)
+            # the face's realism comes from the same seeded stream, right after its spec
+            look = realism.draw_look(rng, spec.placement) if self.config.realism else realism.CLEAN
             try:
-                results.append(self.mask_face(out, alpha, face, spec, geos[i] if geos is not None else None))
+                results.append(self.mask_face(out, alpha, face, spec, geos[i] if geos is not None else None, look))
             except Exception as e:  # a bug on one face must not lose the image
                 log.exception("masking face %d failed", i)
                 results.append(FaceResult(tuple(float(v) for v in face.box), face.landmarks,

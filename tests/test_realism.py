@@ -1,0 +1,109 @@
+"""Realism effects (masktheface.realism): seeded, switchable, and doing what they claim."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from masktheface import realism
+from masktheface.canonical import CANONICAL_68
+from masktheface.datadir import DATA_HINT, shared_data
+from masktheface.pipeline import Masker, MaskerConfig
+from masktheface.spec import MaskSpec
+
+DATA = shared_data()
+needs_data = pytest.mark.skipif(DATA is None or not (DATA / "lfw").is_dir(),
+                                reason=f"real faces not found ({DATA_HINT})")
+BUSH = "lfw/lfw-deepfunneled/George_W_Bush/George_W_Bush_0001.jpg"
+
+
+@pytest.fixture(scope="module")
+def real() -> Masker:
+    return Masker(MaskerConfig(realism=True))
+
+
+@pytest.fixture(scope="module")
+def clean() -> Masker:
+    return Masker(MaskerConfig(realism=False))
+
+
+def test_look_is_seeded_and_clean_is_nothing():
+    a = realism.draw_look(np.random.default_rng(5))
+    assert a == realism.draw_look(np.random.default_rng(5))
+    assert a != realism.draw_look(np.random.default_rng(6))
+    assert realism.CLEAN.clean and not a.clean
+    assert realism.draw_look(np.random.default_rng(5), "chin").height == 0.0   # placements keep their height
+
+
+def test_vary_fit_moves_the_top_and_keeps_the_chin():
+    lm = CANONICAL_68.astype(np.float32) * 0.2
+    moved = realism.vary_fit(lm, realism.Look(height=0.15, skew=0.05))
+    nose = lm[30] - lm[27]
+    np.testing.assert_allclose(moved[27] - lm[27], 0.15 * nose + 0.05 * np.linalg.norm(nose) * np.array(
+        [-nose[1], nose[0]]) / np.linalg.norm(nose), atol=1e-3)
+    np.testing.assert_array_equal(moved[5:12], lm[5:12])           # jaw below the mouth, chin
+    np.testing.assert_array_equal(realism.vary_fit(lm, realism.CLEAN), lm)
+
+
+@needs_data
+def test_realism_is_reproducible_and_switchable(real, clean):
+    bgr = cv2.imread(str(DATA / BUSH))
+    a = real.mask(bgr, MaskSpec("surgical"), np.random.default_rng(1))
+    b = real.mask(bgr, MaskSpec("surgical"), np.random.default_rng(1))
+    c = real.mask(bgr, MaskSpec("surgical"), np.random.default_rng(2))
+    assert np.array_equal(a.image, b.image)
+    assert not np.array_equal(a.image, c.image)
+    flat = clean.mask(bgr, MaskSpec("surgical"), np.random.default_rng(1))
+    outside = flat.alpha == 0
+    assert np.array_equal(flat.image[outside], bgr[outside])        # the clean look touches nothing else
+    changed = np.abs(a.image.astype(int) - bgr).max(axis=2) > 2
+    assert changed[a.alpha == 0].sum() > 50                         # the shadow ring falls outside the mask
+    assert (a.image[a.alpha == 0].astype(int) <= bgr[a.alpha == 0].astype(int) + 1).all()  # only darker
+
+
+@needs_data
+def test_fit_heights_vary_over_draws(real):
+    bgr = cv2.imread(str(DATA / BUSH))
+    tops = []
+    for seed in range(6):
+        res = real.mask(bgr, MaskSpec("surgical"), np.random.default_rng(seed))
+        lm = res.faces[0].landmarks
+        ts = np.linspace(-0.5, 1.5, 201)
+        pts = np.round(lm[27] + ts[:, None] * (lm[30] - lm[27])).astype(int)
+        on = res.alpha[pts[:, 1], pts[:, 0]] > 0.5
+        tops.append(float(ts[np.argmax(on)]))
+        assert res.alpha[int(lm[30, 1]) + 2, int(lm[30, 0])] > 0.5      # the nose tip stays covered
+    assert np.ptp(tops) > 0.08
+
+
+@needs_data
+def test_grain_matches_a_noisy_photo(real, clean):
+    bgr = cv2.imread(str(DATA / BUSH))
+    noisy = np.clip(bgr + np.random.default_rng(0).normal(0, 9, bgr.shape), 0, 255).astype(np.uint8)
+
+    def ratio(res):
+        luma = realism._luma(res.image.astype(np.float32))
+        core = cv2.erode((res.alpha > 0.95).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+        skin = np.zeros_like(core)
+        x0, y0, x1, y1 = realism.skin_region(res.faces[0].landmarks, bgr.shape)
+        skin[y0:y1, x0:x1] = True
+        return realism._highpass_sd(luma, core) / realism._highpass_sd(luma, skin & (res.alpha < 0.05))
+
+    r_real = ratio(real.mask(noisy, MaskSpec("surgical_blue"), np.random.default_rng(3)))
+    r_clean = ratio(clean.mask(noisy, MaskSpec("surgical_blue"), np.random.default_rng(3)))
+    assert r_clean < 0.6                 # a clean sticker glows on a noisy photo
+    assert 0.7 < r_real < 1.3
+
+
+@needs_data
+def test_mask_takes_the_light_tint(real):
+    bgr = cv2.imread(str(DATA / BUSH)).astype(np.float32)
+    warm = np.clip(bgr * [0.8, 1.0, 1.2], 0, 255).astype(np.uint8)     # orange light (BGR)
+    cool = np.clip(bgr * [1.2, 1.0, 0.8], 0, 255).astype(np.uint8)     # blue light
+
+    def mask_bgr(img):
+        res = real.mask(img, MaskSpec("surgical"), np.random.default_rng(4))
+        return res.image[res.alpha > 0.95].astype(np.float32).mean(0)
+
+    w, c = mask_bgr(warm), mask_bgr(cool)
+    assert w[2] - w[0] > c[2] - c[0] + 5          # redder under the warm light, bluer under the cool
