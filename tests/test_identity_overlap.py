@@ -91,3 +91,32 @@ def test_embedding_check_flags_self_and_same_person_not_others(few_embedded):
     assert pairs[("glint:Simon Cowell", "glint:Tom Hanks")]["centroid_distance"] > 0.4
     # raw descriptors are not unit length (why 0.6 is applied to raw distances)
     assert io.norm_stats(emb)["median"] > 1.1
+
+
+def test_decide_and_redecide():
+    """Name matches, either embedding rule and unembeddable identities drop; redecide
+    only tightens."""
+    flagged = [
+        {"training": "celeba:c1", "evaluation": "mfr2:X", "mean_pair_distance": 0.55, "centroid_distance": 0.45},
+        {"training": "celeba:c2", "evaluation": "mfr2:X", "mean_pair_distance": 0.70, "centroid_distance": 0.35},
+    ]
+    result = {
+        "settings": {"data_root": "/d", "max_images_per_identity": 8, "threshold": 0.6, "centroid_threshold": 0.4,
+                     "closest": 10, "workers": 1, "embedded_training_sources": ["celeba", "glint"]},
+        "training": {"lfw": {"A_B": 2}, "celeba": {"c1": 10, "c2": 10, "c3": 10, "c4": 10},
+                     "glint": {"Simon Cowell": 30}},
+        "evaluation_counts": {"lfw_devtest": {}, "mfr2": {}},
+        "name_checks": {"lfw_devtrain_vs_devtest_exact": [],
+                        "matches": [{"training": "glint:Simon Cowell", "evaluation": "mfr2:SimonCowell"}]},
+        "embedding": {"flagged": flagged, "per_source": {"celeba": {"identities_without_face": ["celeba:c4"]},
+                                                         "glint": {"identities_without_face": []}}},
+    }
+    drop, reasons, kept = io.decide(result["training"], result["name_checks"], result["embedding"],
+                                    ["celeba", "glint"], 0.6, 0.4)
+    assert drop == ["celeba:c1", "celeba:c2", "celeba:c4", "glint:Simon Cowell"]
+    assert kept == {"lfw": {"A_B": 2}, "celeba": {"c3": 10}, "glint": {}}
+    tighter = io.redecide(result, threshold=0.5)  # c1's mean pair 0.55 no longer counts
+    assert tighter["drop"] == ["celeba:c2", "celeba:c4", "glint:Simon Cowell"]
+    assert tighter["kept_counts"]["celeba"] == {"identities": 2, "images": 20}
+    with pytest.raises(ValueError):
+        io.redecide(result, threshold=0.7)

@@ -32,9 +32,9 @@ different people.  So the raw descriptors are computed from the embedder's own c
 
 Why not 0.6 on the distance between identity means: averaging removes each identity's
 spread (E|a-b|^2 = |mean_a - mean_b|^2 + tr Cov_a + tr Cov_b), so mean-to-mean distances of
-*different* people sit well below their image-pair distances: in the full run 7,463 of
-278,000 (training, evaluation) pairs had means closer than 0.6, covering all 274 CelebA and
-glint identities.  The mean-to-mean distance is still the cleaner same-person signal (it
+*different* people sit well below their image-pair distances: in the full run about 7,500
+of the 278,384 (training, evaluation) pairs had means closer than 0.6, covering all 274
+CelebA and glint identities.  The mean-to-mean distance is still the cleaner same-person signal (it
 averages the noise out), so it is kept as a second rule, at 0.4: every known same person
 across data sets (the six glint/DevTest/MFR2 name matches) had means 0.21-0.38 apart, while
 one of them (Leonardo DiCaprio, glint vs LFW) averaged 0.635 over image pairs.
@@ -44,7 +44,9 @@ Usage::
     python tools/identity_overlap.py --output docs/results/mask_network [--workers 2] [--cache F.npz]
 
 writes ``overlap.json`` (lists, counts, flagged pairs, the ``drop`` list, settings, wall
-time) and ``overlap.md``.  Importable: :func:`training_identities`, :func:`overlap`.
+time) and ``overlap.md``; ``--redecide`` judges an existing ``overlap.json`` again with
+tighter thresholds (no embedding); ``--cache`` keeps the descriptors for reruns.
+Importable: :func:`training_identities`, :func:`overlap`, :func:`decide`, :func:`redecide`.
 """
 from __future__ import annotations
 
@@ -60,7 +62,7 @@ import unicodedata
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -186,6 +188,7 @@ class IdentityEmbeddings:
     status: dict[str, int] = field(default_factory=dict)
     methods: dict[str, int] = field(default_factory=dict)
     unit_check: float = 0.0  # max |unit(raw) - DlibEmbedder.embed_chips| seen
+    reused: int = 0  # identities taken from a cache rather than embedded in this run
 
     def means(self, keys: Sequence[str]) -> np.ndarray:
         """float64 (len(keys), 128): mean raw descriptor per identity."""
@@ -288,6 +291,7 @@ def embed_identities(groups: Mapping[str, Identities], *, max_images: int = 8, w
         if all(old.paths.get(k) == v for k, v in wanted.items() if k in old.paths):
             total = old  # same images: keep its descriptors and counts
         jobs = [j for j in jobs if total.paths.get(j[0]) != wanted[j[0]]]
+        total.reused = len(wanted) - len(jobs)
         log.info("cache %s: %d identities reused, %d to embed", cache, len(wanted) - len(jobs), len(jobs))
     t0 = time.perf_counter()
     parts: Iterable[IdentityEmbeddings]
@@ -433,7 +437,7 @@ def _embedding_checks(train: Mapping[str, Identities], ev: Mapping[str, Identiti
         if len(emb.raw.get(t, ())) and len(emb.raw.get(e, ())):
             out["known_same_person"].append(describe_pair(emb, pair_distances(emb, [t], [e]), 0, 0))
     out.update(status=emb.status, alignment=emb.methods, raw_norm=norm_stats(emb),
-               unit_check_max_abs=emb.unit_check)
+               unit_check_max_abs=emb.unit_check, reused_from_cache=emb.reused)
     return out
 
 
@@ -457,21 +461,8 @@ def overlap(data_root: str | os.PathLike | None = None, *, max_images: int = 8,
     emb = _embedding_checks(train, ev, embed_sources=embed_sources, max_images=max_images,
                             threshold=threshold, centroid_threshold=centroid_threshold, closest=closest,
                             workers=workers, cache=Path(cache) if cache else None, known=names["matches"])
-    reasons: dict[str, list[str]] = {}
-    for n in names["lfw_devtrain_vs_devtest_exact"]:
-        reasons.setdefault(f"lfw:{n}", []).append(f"name in lfw_devtest:{n}")
-    for m in names["matches"]:
-        reasons.setdefault(m["training"], []).append(f"name matches {m['evaluation']}")
-    for p in emb["flagged"]:
-        reasons.setdefault(p["training"], []).append(
-            f"embedding: mean pair {p['mean_pair_distance']:.3f}, centroid {p['centroid_distance']:.3f} "
-            f"from {p['evaluation']}")
-    for s in embed_sources:
-        for k in emb["per_source"][s]["identities_without_face"]:
-            reasons.setdefault(k, []).append("no embeddable image: unchecked")
-    drop = sorted(reasons)
     counts = {s: {n: len(p) for n, p in ids.items()} for s, ids in train.items()}
-    kept = {s: {n: c for n, c in ids.items() if f"{s}:{n}" not in reasons} for s, ids in counts.items()}
+    drop, reasons, kept = decide(counts, names, emb, embed_sources, threshold, centroid_threshold)
     return {
         "settings": _settings(root, max_images, threshold, centroid_threshold, closest, workers, embed_sources, ev),
         "training": counts,
@@ -480,15 +471,58 @@ def overlap(data_root: str | os.PathLike | None = None, *, max_images: int = 8,
         "name_checks": names,
         "embedding": emb,
         "drop": drop,
-        "drop_reasons": {k: reasons[k] for k in drop},
+        "drop_reasons": reasons,
         "kept": kept,
         "kept_counts": _counts(kept),
         "wall_time_s": round(time.perf_counter() - t0, 1),
     }
 
 
+def decide(train: Mapping[str, Mapping[str, int]], names: dict, emb: dict, embed_sources: Sequence[str],
+           threshold: float, centroid_threshold: float) -> tuple[list[str], dict[str, list[str]], dict]:
+    """(drop list, reasons, kept ``{source: {identity: n_images}}``): a training identity is
+    dropped for a name match, for an embedded pair under either rule (mean pair distance <
+    ``threshold`` or centroid distance < ``centroid_threshold``), or when none of its
+    images could be embedded (unchecked)."""
+    reasons: dict[str, list[str]] = {}
+    for n in names["lfw_devtrain_vs_devtest_exact"]:
+        reasons.setdefault(f"lfw:{n}", []).append(f"name in lfw_devtest:{n}")
+    for m in names["matches"]:
+        reasons.setdefault(m["training"], []).append(f"name matches {m['evaluation']}")
+    for p in emb["flagged"]:
+        if p["mean_pair_distance"] < threshold or p["centroid_distance"] < centroid_threshold:
+            reasons.setdefault(p["training"], []).append(
+                f"embedding: mean pair {p['mean_pair_distance']:.3f}, centroid {p['centroid_distance']:.3f} "
+                f"from {p['evaluation']}")
+    for s in embed_sources:
+        for k in emb["per_source"][s]["identities_without_face"]:
+            reasons.setdefault(k, []).append("no embeddable image: unchecked")
+    drop = sorted(reasons)
+    kept = {s: {n: c for n, c in ids.items() if f"{s}:{n}" not in reasons} for s, ids in train.items()}
+    return drop, {k: reasons[k] for k in drop}, kept
+
+
+def redecide(result: dict, threshold: float | None = None, centroid_threshold: float | None = None) -> dict:
+    """An earlier :func:`overlap` result judged again with other thresholds, without
+    embedding.  Only the pairs it flagged are known, so thresholds can only be tightened;
+    to loosen them rerun with the descriptor ``cache`` (seconds)."""
+    st = result["settings"]
+    thr = st["threshold"] if threshold is None else threshold
+    cthr = st["centroid_threshold"] if centroid_threshold is None else centroid_threshold
+    if thr > st["threshold"] or cthr > st["centroid_threshold"]:
+        raise ValueError("redecide can only tighten the thresholds; rerun with --cache to loosen them")
+    emb = dict(result["embedding"])
+    emb["flagged"] = [p for p in emb["flagged"] if p["mean_pair_distance"] < thr or p["centroid_distance"] < cthr]
+    drop, reasons, kept = decide(result["training"], result["name_checks"], emb, st["embedded_training_sources"],
+                                 thr, cthr)
+    settings = _settings(Path(st["data_root"]), st["max_images_per_identity"], thr, cthr, st["closest"],
+                         st["workers"], st["embedded_training_sources"], result["evaluation_counts"])
+    return dict(result, settings=settings, embedding=emb, drop=drop, drop_reasons=reasons, kept=kept,
+                kept_counts=_counts(kept))
+
+
 def _settings(root: Path, max_images: int, threshold: float, centroid_threshold: float, closest: int,
-              workers: int, embed_sources: Sequence[str], ev: Mapping[str, Identities]) -> dict:
+              workers: int, embed_sources: Sequence[str], ev: Mapping[str, Any]) -> dict:
     return {"data_root": str(root), "max_images_per_identity": max_images,
             "threshold": threshold, "centroid_threshold": centroid_threshold, "closest": closest,
             "workers": workers, "embedded_training_sources": list(embed_sources),
@@ -575,7 +609,10 @@ def render_markdown(r: dict) -> str:
     lines = [
         "# Training identities vs evaluation identities (issue 9)", "",
         f"Command: `{r.get('command', 'python tools/identity_overlap.py')}`  ",
-        f"Wall time: {r['wall_time_s']:.0f} s on this machine (2 shared cores, {s['workers']} worker process(es)).",
+        *([f"Re-judged (no embedding): `{r['redecided']}`  "] if r.get("redecided") else []),
+        f"Wall time: {r['wall_time_s']:.0f} s on this machine (2 shared cores, {s['workers']} worker process(es))"
+        + (f"; descriptors of {e['reused_from_cache']} identities came from a cache, their embedding is not in it."
+           if e.get("reused_from_cache") else "."),
         "", "Data: LFW, CelebA, Glint and MFR2 are research-only sets (see `../shared/data/SOURCES.md`).", "",
         "## Identities", "", *_identity_table(r), "", "## Checks", "", *_checks_text(r),
         "Training identities with the most flagged partners: "
@@ -619,15 +656,28 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--cache", type=Path, default=None,
                     help="descriptor cache (.npz, outside the output folder) reused by reruns")
     ap.add_argument("--workers", type=int, default=1, help="processes (each loads dlib's models)")
+    ap.add_argument("--redecide", action="store_true",
+                    help="judge OUTPUT/overlap.json again with tighter thresholds, embedding nothing")
     ap.add_argument("--embed-lfw-train", action="store_true",
                     help="also embed LFW DevTrain (named: checked by name by default)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cmd = "python tools/identity_overlap.py " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    if args.redecide:
+        try:
+            result = redecide(json.loads((args.output / "overlap.json").read_text()), args.threshold,
+                              args.centroid_threshold)
+        except (OSError, ValueError, KeyError) as e:
+            ap.error(f"--redecide: {e}")
+        result["redecided"] = cmd
+        write_outputs(result, args.output)
+        log.info("dropped %d training identities", len(result["drop"]))
+        return result
     result = overlap(args.data_root, max_images=args.max_images, threshold=args.threshold,
                      centroid_threshold=args.centroid_threshold, closest=args.closest, workers=args.workers,
                      embed_lfw_train=args.embed_lfw_train, cache=args.cache)
-    result["command"] = "python tools/identity_overlap.py " + " ".join(
-        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    result["command"] = cmd
     js, md = write_outputs(result, args.output)
     log.info("dropped %d training identities; wrote %s and %s (%.0f s)",
              len(result["drop"]), js, md, result["wall_time_s"])
