@@ -123,6 +123,16 @@ class FaceRecords:
                            [self.variants[i] for i in index], [self.groups[i] for i in index],
                            dict(self.skipped))
 
+    def without_identities(self, names: set[str] | frozenset[str], min_images: int = 2) -> "FaceRecords":
+        """These records less every image of the named identities (counted in ``skipped``
+        as ``excluded_identity``), identities left with fewer than ``min_images`` dropped."""
+        ids = [self.identities[int(lbl)] for lbl in self.labels]
+        keep = [i for i, n in enumerate(ids) if n not in names]
+        skipped = dict(self.skipped)
+        _count(skipped, "excluded_identity", len(ids) - len(keep))
+        return build_records([self.images[i] for i in keep], [ids[i] for i in keep], self.landmarks[keep],
+                             [self.variants[i] for i in keep], [self.groups[i] for i in keep], skipped, min_images)
+
     def split_identities(self, holdout: int, seed: int = 0) -> tuple["FaceRecords", "FaceRecords"]:
         """(train, held-out): ``holdout`` whole identities drawn with the seed go to the second."""
         rng = np.random.default_rng([seed, 0x484F4C44])

@@ -30,6 +30,10 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
+#: the files of a training state (:func:`save_state`)
+MODEL_FILE = "model.pt"
+STATE_FILE = "train_state.pt"
+
 OPTIMIZERS = ("sgd", "adam", "adagrad")
 SCHEDULES = ("paper", "cosine", "constant")
 TRAINABLE = ("all", "head")
@@ -207,6 +211,55 @@ def validate(model: nn.Module, vset: ValidationSet, device: torch.device | str =
     lab = metrics.target_label(far)
     return {f"{vset.name}_accuracy": float(r["accuracy"]), f"{vset.name}_tpr@far={lab}": float(r[f"tpr@far={lab}"]),
             f"{vset.name}_auc": float(r["auc"])}
+
+
+def holdout_validation(held, alignment: str, size: int, n_pairs: int, mask_type: str | None,
+                       seed: int = 0) -> list[ValidationSet]:
+    """Held-out identities (``facenet.data.FaceRecords``, their unmasked rows) ->
+    ``[val]`` pairs drawn with the seed, plus ``val_<mask_type>`` where the probe side of
+    the same pairs wears that mask (template unmasked, as the paper's grid)."""
+    from facenet import data as fdata
+
+    only_orig = [i for i, v in enumerate(held.variants) if v == fdata.ORIGINAL]
+    held = held.subset(only_orig) if only_orig else held
+    pairs, same = fdata.make_pairs(held.labels, n_pairs, seed)
+    crops = fdata.SampleLoader(held, alignment, size, seed=seed).batch(np.arange(len(held)), train=False)
+    out = [ValidationSet("val", crops, pairs, same)]
+    if mask_type:
+        aug = fdata.AugmentConfig(mask_prob=1.0, mask_types=(mask_type,), flip=False)
+        mcrops = fdata.SampleLoader(held, alignment, size, augment=aug, seed=seed).batch(np.arange(len(held)))
+        probe_masked = pairs.copy()
+        probe_masked[:, 1] += len(held)  # the masked copy of the probe image
+        out.append(ValidationSet(f"val_{mask_type}", np.concatenate([crops, mcrops]), probe_masked, same))
+    return out
+
+
+def save_state(dirpath: str, model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig, *,
+               epoch: int, step_in_epoch: int, step: int, metrics: Mapping[str, Any], history: list) -> None:
+    """A resumable training state in ``dirpath``: ``model.pt`` (a ``facenet.model``
+    checkpoint that evaluate reads as it is) and ``train_state.pt`` (optimiser, position,
+    metrics history)."""
+    import json
+    import os
+
+    from facenet import model as fmodel
+    fmodel.save_checkpoint(os.path.join(dirpath, MODEL_FILE), model, train_config=cfg.to_dict(), epoch=epoch,
+                           step=step, metrics=dict(metrics))
+    torch.save({"optimizer": optimizer.state_dict(), "epoch": epoch, "step_in_epoch": step_in_epoch,
+                "step": step, "history": json.dumps(history)}, os.path.join(dirpath, STATE_FILE))
+
+
+def load_state(dirpath: str, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, int, int, list]:
+    """:func:`save_state`'s folder -> model and optimiser filled;
+    returns (epoch, step in that epoch, global step, history)."""
+    import json
+    import os
+
+    from facenet import model as fmodel
+    model.load_state_dict(fmodel.read_checkpoint(os.path.join(dirpath, MODEL_FILE))["state_dict"])
+    st = torch.load(os.path.join(dirpath, STATE_FILE), weights_only=True)
+    optimizer.load_state_dict(st["optimizer"])
+    return int(st["epoch"]), int(st["step_in_epoch"]), int(st["step"]), json.loads(st["history"])
 
 
 class EpochMeter:

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from facenet.train import TrainConfig
+from facenet.train import MODEL_FILE, TrainConfig
 from jobs import storage
 from jobs.cli import (
     RAY_GROUP,
@@ -54,8 +54,6 @@ from jobs.raysetup import ray_context
 log = logging.getLogger("jobs.train_facenet")
 
 PROG = "python -m jobs.train_facenet"
-MODEL_FILE = "model.pt"
-STATE_FILE = "train_state.pt"
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -148,44 +146,13 @@ def load_records(job: TrainJobConfig):
     if not parts:
         raise UsageError("give training data: --data PARQUET and/or --folders DIR (or --smoke-test)")
     rec = fdata.concat_records(parts)
-    names = [rec.identities[i] for i in rec.labels]
-    keep = list(range(len(names)))
+    excluded: set[str] = set()
     if job.exclude_identities:
         try:
             excluded = {line.strip() for line in open(job.exclude_identities, encoding="utf-8") if line.strip()}
         except OSError as e:
             raise UsageError(f"--exclude-identities {job.exclude_identities}: {e}") from None
-        keep = [i for i in keep if names[i] not in excluded]
-        rec.skipped["excluded_identity"] = len(names) - len(keep)
-    return fdata.build_records([rec.images[i] for i in keep], [names[i] for i in keep], rec.landmarks[keep],
-                               [rec.variants[i] for i in keep], [rec.groups[i] for i in keep], rec.skipped,
-                               min_images=2)
-
-
-def validation_sets(held, alignment: str, size: int, job: TrainJobConfig, seed: int):
-    """Held-out identities -> [ValidationSet] (unmasked pairs, and pairs whose second image
-    wears ``--val-mask``, drawn once with the seed)."""
-    import numpy as np
-
-    from facenet import data as fdata
-    from facenet.train import ValidationSet
-
-    only_orig = [i for i, v in enumerate(held.variants) if v == fdata.ORIGINAL]
-    held = held.subset(only_orig) if only_orig else held
-    pairs, same = fdata.make_pairs(held.labels, job.val_pairs, seed)
-    plain = fdata.SampleLoader(held, alignment, size, seed=seed)
-    crops = plain.batch(np.arange(len(held)), train=False)
-    out = [ValidationSet("val", crops, pairs, same)]
-    if job.val_mask.lower() != "none":
-        aug = fdata.AugmentConfig(mask_prob=1.0, mask_types=(job.val_mask,), flip=False)
-        masked = fdata.SampleLoader(held, alignment, size, augment=aug, seed=seed)
-        mcrops = masked.batch(np.arange(len(held)), train=True)
-        # template unmasked, probe masked: stack both and point the probe side at the masked copy
-        both = np.concatenate([crops, mcrops])
-        mp = pairs.copy()
-        mp[:, 1] += len(held)
-        out.append(ValidationSet(f"val_{job.val_mask}", both, mp, same))
-    return out
+    return rec.without_identities(excluded)
 
 
 def check_sampling(records, P: int, K: int, world_size: int) -> None:
@@ -203,33 +170,18 @@ def check_sampling(records, P: int, K: int, world_size: int) -> None:
 # Worker side
 # ------------------------------------------------------------------------------------------
 
-def _save_checkpoint(dirpath: str, model, optimizer, cfg, epoch: int, step_in_epoch: int, step: int,
-                     metrics: dict, history: list) -> None:
-    import torch
-
-    from facenet import model as fmodel
-    fmodel.save_checkpoint(os.path.join(dirpath, MODEL_FILE), model, train_config=cfg.to_dict(), epoch=epoch,
-                           step=step, metrics=metrics)
-    torch.save({"optimizer": optimizer.state_dict(), "epoch": epoch, "step_in_epoch": step_in_epoch,
-                "step": step, "history": json.dumps(history)}, os.path.join(dirpath, STATE_FILE))
-
-
 def _restore(model, optimizer):
     """-> (epoch, step_in_epoch, global step, history) from ray.train.get_checkpoint(), or zeros."""
     import ray.train
-    import torch
 
-    from facenet import model as fmodel
+    from facenet.train import load_state
     ckpt = ray.train.get_checkpoint()
     if ckpt is None:
         return 0, 0, 0, []
     with ckpt.as_directory() as d:
-        state = fmodel.read_checkpoint(os.path.join(d, MODEL_FILE))
-        model.load_state_dict(state["state_dict"])
-        st = torch.load(os.path.join(d, STATE_FILE), weights_only=True)
-        optimizer.load_state_dict(st["optimizer"])
-    log.info("resumed at epoch %d step %d (global step %d)", st["epoch"], st["step_in_epoch"], st["step"])
-    return int(st["epoch"]), int(st["step_in_epoch"]), int(st["step"]), json.loads(st["history"])
+        epoch, skip, step, history = load_state(d, model, optimizer)
+    log.info("resumed at epoch %d step %d (global step %d)", epoch, skip, step)
+    return epoch, skip, step, history
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -241,7 +193,7 @@ def train_loop_per_worker(config: dict) -> None:
     from facenet import data as fdata
     from facenet.losses import all_gather_embeddings
     from facenet.sampler import PKSampler
-    from facenet.train import TrainConfig, build_for_training, make_optimizer, run_epoch, validate
+    from facenet.train import TrainConfig, build_for_training, make_optimizer, run_epoch, save_state, validate
 
     cfg = TrainConfig(**config["train"])
     os.environ.update(config["s3_env"])  # rank 0 writes metrics.jsonl to the run folder, maybe on S3
@@ -276,7 +228,8 @@ def train_loop_per_worker(config: dict) -> None:
         with tempfile.TemporaryDirectory() as d:
             ckpt = None
             if rank == 0:
-                _save_checkpoint(d, raw, optimizer, cfg, epoch, step_in_epoch, gstep, metrics, history)
+                save_state(d, raw, optimizer, cfg, epoch=epoch, step_in_epoch=step_in_epoch, step=gstep,
+                           metrics=metrics, history=history)
                 ckpt = ray.train.Checkpoint.from_directory(d)
             ray.train.report(metrics, checkpoint=ckpt)
 
@@ -345,6 +298,7 @@ def _write_history(run_dir: str, history: list) -> None:
 def run(job: TrainJobConfig) -> dict[str, Any]:
     from facenet import data as fdata
     from facenet.model import build_model
+    from facenet.train import holdout_validation
 
     setup_logging(job.log_level)
     t0 = time.perf_counter()
@@ -356,7 +310,10 @@ def run(job: TrainJobConfig) -> dict[str, Any]:
     train, held = records.split_identities(job.val_holdout, cfg.seed) if job.val_holdout else (records, None)
     check_sampling(train, cfg.P, cfg.K, job.num_workers)
     log.info("training set: %s", json.dumps(train.summary()))
-    vsets = validation_sets(held, alignment, size, job, cfg.seed) if held is not None and len(held) else []
+    vsets = []
+    if held is not None and len(held):
+        vsets = holdout_validation(held, alignment, size, job.val_pairs,
+                                   None if job.val_mask == "none" else job.val_mask, cfg.seed)
     if "://" not in job.output:  # workers do not share the driver's working directory
         job = dataclasses.replace(job, output=os.path.abspath(job.output))
     run_dir = storage.join_uri(job.output, job.name)

@@ -129,3 +129,33 @@ def test_train_step_moves_only_the_head(records):
     for n, b in net.named_buffers():
         if n in bn_before and n.split(".")[0] not in head:
             assert torch.equal(b, bn_before[n]), n
+
+
+def test_without_identities_counts_what_it_leaves_out(records):
+    gone = {records.identities[0], records.identities[1]}
+    rest = records.without_identities(gone)
+    assert not gone & set(rest.identities)
+    assert len(rest) + rest.skipped["excluded_identity"] == len(records)
+
+
+def test_holdout_validation_pairs_unmasked_and_masked(records):
+    sets = ftrain.holdout_validation(records, "arcface", 112, 40, "N95", seed=2)
+    assert [v.name for v in sets] == ["val", "val_N95"]
+    plain, masked = sets
+    assert plain.crops.shape == (len(records), 3, 112, 112) and masked.crops.shape[0] == 2 * len(records)
+    np.testing.assert_array_equal(plain.pairs[:, 0], masked.pairs[:, 0])  # templates stay unmasked
+    assert (masked.pairs[:, 1] >= len(records)).all() and plain.issame.sum() == 20
+
+
+def test_state_round_trip(tmp_path):
+    pytest.importorskip("facenet.model")
+    cfg = TrainConfig(model="mobilefacenet", pretrained=False, optimizer="adam")
+    net = ftrain.build_for_training(cfg)
+    opt = ftrain.make_optimizer(net.parameters(), cfg)
+    ftrain.save_state(str(tmp_path), net, opt, cfg, epoch=2, step_in_epoch=3, step=13,
+                      metrics={"loss": 0.5}, history=[{"epoch": 1}])
+    net2 = ftrain.build_for_training(cfg)
+    opt2 = ftrain.make_optimizer(net2.parameters(), cfg)
+    assert ftrain.load_state(str(tmp_path), net2, opt2) == (2, 3, 13, [{"epoch": 1}])
+    for a, b in zip(net.state_dict().values(), net2.state_dict().values()):
+        assert torch.equal(a, b)
