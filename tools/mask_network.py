@@ -151,7 +151,7 @@ def step_eval(args, work: Path, model: str, label: str) -> float:
                    "--seed", str(args.seed), "--output", str(out / "devtest")],
                   work / "logs" / f"eval_{label}_devtest.log")
     if not (out / "mfr2" / "metrics.json").exists():
-        limit = ["--limit-pairs", str(args.limit_pairs)] if args.limit_pairs else []
+        limit = ["--limit-pairs", str(args.limit_mfr2_pairs)] if args.limit_mfr2_pairs else []
         dt += run("jobs.evaluate", ["--pairs", str(mfr2 / "pairs.txt"), "--images", str(mfr2), *limit,
                    "--prealigned", "--variants", "original", "--far", "0.0022,0.001", "--model", model,
                    "--label", label, "--output", str(out / "mfr2")], work / "logs" / f"eval_{label}_mfr2.log")
@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-identities", type=int, default=0, help="at most N identities per source (0: all)")
     p.add_argument("--val-holdout", type=int, default=30, help="training identities held out for validation")
-    p.add_argument("--limit-pairs", type=int, default=0, help="evaluate on N pairs of each set (0: all)")
+    p.add_argument("--limit-pairs", type=int, default=0, help="evaluate on N DevTest pairs, evenly spaced (0: all 1000)")
+    p.add_argument("--limit-mfr2-pairs", type=int, default=0, help="evaluate on N MFR2 pairs (0: all 848)")
     p.add_argument("--eval-variants", default=",".join(EVAL_VARIANTS))
     p.add_argument("--overlap", default=str(RESULTS / "overlap.json"), help="the identity-overlap check's JSON")
     p.add_argument("--results", default=str(RESULTS), help="where the report goes")
