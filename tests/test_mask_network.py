@@ -22,7 +22,8 @@ def test_tiny_experiment_end_to_end(ray_session, data_dir, tmp_path):
     results = tmp_path / "results"
     s = mask_network.main(["--work", str(tmp_path / "work"), "--results", str(results), "--overlap", str(overlap),
                            "--max-identities", "4", "--per-identity", "4", "--steps", "2", "--epochs", "1",
-                           "--P", "4", "--K", "2", "--lr", "0.001", "--val-holdout", "2", "--limit-pairs", "20", "--limit-mfr2-pairs", "20",
+                           "--P", "4", "--K", "2", "--lr", "0.001", "--val-holdout", "2", "--limit-pairs", "20",
+                           "--limit-mfr2-pairs", "20",
                            "--eval-variants", "original,N95", "--workers", "2"])
     assert set(s["devtest"]) == {"dlib", "no-mask net", "mask net"}
     assert set(s["mfr2"]) == {"dlib", "no-mask net", "mask net"}

@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-identities", type=int, default=0, help="at most N identities per source (0: all)")
     p.add_argument("--val-holdout", type=int, default=30, help="training identities held out for validation")
-    p.add_argument("--limit-pairs", type=int, default=0, help="evaluate on N DevTest pairs, evenly spaced (0: all 1000)")
+    p.add_argument("--limit-pairs", type=int, default=0,
+                   help="evaluate on N DevTest pairs, evenly spaced (0: all 1000)")
     p.add_argument("--limit-mfr2-pairs", type=int, default=0, help="evaluate on N MFR2 pairs (0: all 848)")
     p.add_argument("--eval-variants", default=",".join(EVAL_VARIANTS))
     p.add_argument("--overlap", default=str(RESULTS / "overlap.json"), help="the identity-overlap check's JSON")
