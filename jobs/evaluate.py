@@ -131,6 +131,7 @@ def load_pairs(cfg: EvaluateConfig) -> tuple[list, np.ndarray, np.ndarray]:
         raise UsageError(f"--pairs {cfg.pairs}: file not found") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise UsageError(f"--pairs {cfg.pairs}: not a pairs file: {e}") from None
+    one_set = len({p.fold for p in pairs}) == 1  # View 1's DevTest: one set, no folds of its own
     if cfg.folds:
         pairs = [p for p in pairs if p.fold in set(cfg.folds)]
     if cfg.limit_pairs is not None and cfg.limit_pairs < len(pairs):
@@ -141,7 +142,7 @@ def load_pairs(cfg: EvaluateConfig) -> tuple[list, np.ndarray, np.ndarray]:
     if not pairs:
         raise UsageError(f"no pairs left from {cfg.pairs} (--folds {cfg.folds}, --limit-pairs {cfg.limit_pairs})")
     issame, folds = pairs_arrays(pairs)
-    if np.unique(folds).size == 1:  # one set (View 1's DevTest): 10 stratified folds
+    if one_set:  # 10 stratified folds, so thresholds are chosen on held-out pairs as on View 2
         folds = stratified_folds(issame, 10)
     return pairs, issame, folds
 

@@ -91,6 +91,13 @@ def test_limit_pairs_spans_folds_and_classes(lfw_dir):
     assert len(pairs) == 600 and set(folds.tolist()) == {2} and issame.sum() == 300
 
 
+def test_one_set_pairs_file_gets_ten_stratified_folds(lfw_dir):
+    pairs, issame, folds = ev.load_pairs(_cfg(pairs=str(lfw_dir / "pairsDevTest.txt")))
+    assert len(pairs) == 1000 and issame.sum() == 500
+    for k in range(10):
+        assert (folds == k).sum() == 100 and issame[folds == k].sum() == 50
+
+
 def test_mixed_choice_is_seeded_per_image():
     keys = [f"p{i}/p{i}_0001.jpg" for i in range(200)]
     masks = ["N95", "cloth", "surgical_blue", "surgical_green"]
