@@ -8,7 +8,8 @@ loss, backward, step):
 
 * ``plain``: one process, no Ray, torch with 2 threads;
 * ``ray-N``: :func:`jobs.train_facenet.run` with N workers on a private local Ray
-  (2 CPUs): samples/s is the job's own ``train_samples_per_s_global`` of the last epoch,
+  (2 CPUs; each worker reserves 2/N of them, and Ray gives it as many torch threads, so
+  every configuration uses both cores): samples/s is the job's own ``train_samples_per_s_global`` of the last epoch,
   so start-up (Ray, workers, the process group) is *excluded*; it is reported apart.
 
 Each configuration repeats ``--repeats`` times interleaved; medians are printed with the
@@ -66,7 +67,8 @@ def ray_job(args, workers: int) -> tuple[float, float]:
     out = train_facenet.main(["--folders", str(_glint()), "--model", args.model, "--no-pretrained",
                               "--epochs", "2", "--steps-per-epoch", str(args.steps), "--P", str(args.P),
                               "--K", str(args.K), "--optimizer", "adam", "--lr", "0.001", "--mining", "batch_hard",
-                              "--num-workers", str(workers), "--output", storage, "--name", f"w{workers}",
+                              "--num-workers", str(workers), "--cpus-per-worker", str(2 // workers),
+                              "--output", storage, "--name", f"w{workers}",
                               "--val-holdout", "0", "--max-per-identity", "12", "--num-cpus", "2",
                               "--log-level", "WARNING"])
     return float(out["metrics"]["samples_per_s_global"]), time.perf_counter() - t0
