@@ -176,6 +176,9 @@ def primary_face(faces: Sequence[object], shape: tuple[int, ...],
       them "the largest usable face" is a bystander (e.g. Todd_Haynes_0001: two 104 px
       faces) where this rule picks the centred subject.
     * Ties go to the lower index (faces come sorted left to right).
+    * A face the detector's face check rejected (``Face.plausible`` False) never qualifies,
+      whatever ``geos`` says, so every caller (masking, embedding, training records) skips
+      non-faces alike.
 
     ``faces``: objects with a ``box`` attribute (:class:`masktheface.landmarks.Face`) or
     boxes (x0, y0, x1, y1, ...); ``shape``: the image's shape (H, W[, C]).
@@ -186,6 +189,8 @@ def primary_face(faces: Sequence[object], shape: tuple[int, ...],
     best, best_score = None, -np.inf
     for i, f in enumerate(faces):
         if geos is not None and geos[i].status != "ok":
+            continue
+        if getattr(f, "plausible", True) is False:  # the detector's face check said: not a face
             continue
         x0, y0, x1, y1 = (float(v) for v in (getattr(f, "box", f))[:4])
         offset2 = ((x0 + x1) / 2 - w / 2) ** 2 + ((y0 + y1) / 2 - h / 2) ** 2

@@ -159,6 +159,12 @@ def test_primary_face_is_usable_large_and_central():
     assert geometry.primary_face([big_near], shape, [bad]) is None
     with pytest.raises(ValueError):
         geometry.primary_face([big_near], shape, [])
+    # a detection the face check rejected (Face.plausible False) never qualifies either
+    from types import SimpleNamespace
+    patch = SimpleNamespace(box=big_near, plausible=False)
+    face = SimpleNamespace(box=centred, plausible=True)
+    assert geometry.primary_face([patch, face], shape, [ok, ok]) == 1
+    assert geometry.primary_face([patch], shape) is None
 
 
 def test_box_iou():
