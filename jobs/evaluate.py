@@ -12,10 +12,12 @@ A thin Ray adapter around :mod:`facenet.verify`::
     clusters, report.md/html (facenet.report)
 
 Each distinct (image, variant) is embedded once; ``OUTPUT/embeddings.npz`` caches them for
-a rerun with the same settings.  An image where nothing works is a status row; its pairs
-are *missing*: metrics are over valid pairs and ``accuracy_all`` counts missing pairs as
-errors.  ``--images`` is a folder/prefix (local or s3://) of ``Name/Name_0001.jpg`` files,
-or a masked data set of ``jobs.mask_dataset`` (Parquet; its masked images are used).
+a rerun with the same settings (saved every ``--save-every-s`` while embedding, so a rerun
+after a killed driver or a lost cluster embeds only what is missing).  An image where
+nothing works is a status row; its pairs are *missing*: metrics are over valid pairs and
+``accuracy_all`` counts missing pairs as errors.  ``--images`` is a folder/prefix (local
+or s3://) of ``Name/Name_0001.jpg`` files, or a masked data set of ``jobs.mask_dataset``
+(Parquet; its masked images are used).
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -73,6 +75,8 @@ class EvaluateConfig:
     label: str | None = option(None, "name of this model in plots", none_means="from --model")
     title: str = option("", "report title")
     reuse_embeddings: bool = option(True, "reuse OUTPUT/embeddings.npz from an identical earlier run")
+    save_every_s: float = option(60.0, "while embedding, save what is done to OUTPUT/embeddings.npz this often "
+                                 "(seconds; 0: only at the end), so a killed run's rerun starts from there")
     ray_address: str | None = job_cli.ray_address_option()
     num_cpus: int | None = job_cli.num_cpus_option()
     num_actors: int | None = job_cli.num_actors_option("embedding", "one per GPU, else one per CPU")
@@ -101,8 +105,8 @@ class EvaluateConfig:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
         if any(f < 0 for f in self.folds):
             raise UsageError(f"--folds are 0-based fold numbers, got {self.folds}")
-        if not 0.0 <= self.max_error_rate <= 1.0 or self.actor_cpus <= 0:
-            raise UsageError("--max-error-rate must lie in [0, 1] and --actor-cpus be > 0")
+        if not 0.0 <= self.max_error_rate <= 1.0 or self.actor_cpus <= 0 or self.save_every_s < 0:
+            raise UsageError("--max-error-rate must lie in [0, 1], --actor-cpus be > 0 and --save-every-s >= 0")
 
 
 # ------------------------------------------------------------------------------------------
@@ -229,8 +233,11 @@ def _model_uses_gpu(model: str) -> bool:
     return True
 
 
-def embed_images(cfg: EvaluateConfig, keys: Sequence[str], parquet: bool) -> verify.Embeddings:
-    """Embed every (image, variant) once on a Ray Data actor pool; a status for each."""
+def embed_images(cfg: EvaluateConfig, keys: Sequence[str], parquet: bool,
+                 save: Callable[[verify.Embeddings], None] | None = None) -> verify.Embeddings:
+    """Embed every (image, variant) once on a Ray Data actor pool; a status for each.
+    ``save(partial)`` is called every ``cfg.save_every_s`` seconds with what has come back
+    so far (entries not yet back are ``not_embedded``)."""
     from jobs.raysetup import init_ray
 
     info = init_ray(cfg.ray_address, cfg.num_cpus)
@@ -261,9 +268,14 @@ def embed_images(cfg: EvaluateConfig, keys: Sequence[str], parquet: bool) -> ver
     progress = ProgressLogger(total=None if parquet else len(keys) * len(cfg.variants), what="embeddings",
                               every_s=30.0, logger=log)
     E = verify.Embeddings.empty(keys, cfg.variants)
+    last_save = time.monotonic()
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         E.fill(batch.to_pylist())
         progress.update(batch.num_rows)
+        if save is not None and cfg.save_every_s and time.monotonic() - last_save >= cfg.save_every_s:
+            E.seconds = time.perf_counter() - t0
+            save(E)
+            last_save = time.monotonic()
     progress.finish()
     E.seconds = time.perf_counter() - t0
     return E
@@ -286,7 +298,14 @@ def embeddings_for(cfg: EvaluateConfig, keys: list[str], parquet: bool) -> verif
     if E is not None:
         log.info("reusing %s: %d of %d images already embedded", path, len(keys) - len(todo), len(keys))
     if todo:
-        new = embed_images(cfg, todo, parquet)
+        before = cache
+
+        def save(partial: verify.Embeddings) -> None:
+            done = int((partial.status != verify.NOT_EMBEDDED).sum())
+            storage.write_bytes(path, (partial if before is None else verify.merge(before, partial)).to_bytes(fp))
+            log.info("saved %d embeddings so far to %s", done, path)
+
+        new = embed_images(cfg, todo, parquet, save)
         cache = new if cache is None else verify.merge(cache, new)
         storage.write_bytes(path, cache.to_bytes(fp))
         E = verify.select(cache, keys, cfg.variants)

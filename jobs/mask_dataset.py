@@ -282,7 +282,7 @@ def run(cfg: MaskDatasetConfig) -> dict[str, Any]:
         "landmarks_matched": sum(1 for it in items if mds.lookup(lms, it.key)) if lms else None,
         "quarantined": quarantined, "error_statuses": list(cfg.error_statuses),
         "max_error_rate": cfg.max_error_rate, "ray": None, "files_written": [],
-        "execution_seconds": 0.0, "ray_seconds": 0.0, "steady_images_per_s": None,
+        "execution_seconds": 0.0, "ray_seconds": 0.0, "steady_images_per_s": None, "images_by_node": {},
     }
     new = S.arrow_schema(S.columns_for("resume")).empty_table()
     if todo:
@@ -300,7 +300,8 @@ def run(cfg: MaskDatasetConfig) -> dict[str, Any]:
         new, _ = output_folder.read_done(out_fs, out_root, files=ex.files, quarantine=False)
         summary.update(ray=dataclasses.asdict(ex.ray), files_written=[os.path.basename(f) for f in ex.files],
                        execution_seconds=round(ex.seconds, 3), ray_seconds=round(time.perf_counter() - t_ray, 3),
-                       steady_images_per_s=round(ex.steady, 3) if ex.steady else None)
+                       steady_images_per_s=round(ex.steady, 3) if ex.steady else None,
+                       images_by_node=ex.by_node)
     summary.update(tally(cfg, items, names, done, new, summary))
     summary["wall_seconds"] = round(time.perf_counter() - t_start, 3)
     storage.write_json(storage.join_uri(cfg.output, output_folder.RUNS_DIR, f"{run_id}.json"), summary)

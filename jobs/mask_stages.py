@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import dataclasses
 import logging
 import math
 import os
@@ -123,6 +124,7 @@ class MaskBatch:
         self.s = settings
         self.masker = Masker(MaskerConfig(**dict(settings.masker)))
         self.counter = counter
+        self.node = _node_id()
         log.info("MaskBatch actor ready in %.1f s (pid %d)", time.perf_counter() - t0, os.getpid())
 
     def __call__(self, batch: "pa.Table") -> "pa.Table":
@@ -158,27 +160,40 @@ class MaskBatch:
             rows.extend(new)
         if self.counter is not None:
             try:  # fire and forget: progress must never slow down or break the job
-                self.counter.add.remote(len(inputs), dict(statuses))
+                self.counter.add.remote(len(inputs), dict(statuses), self.node)
             except Exception:  # noqa: BLE001  # pragma: no cover
                 log.debug("progress counter unreachable", exc_info=True)
         return S.table_from_rows(rows)
+
+
+def _node_id() -> str:
+    """The Ray node this process runs on ("" outside Ray)."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() or ""
+    except Exception:  # noqa: BLE001 - only for the per-node tally
+        return ""
 
 
 class ProgressCounter:
     """A tiny Ray actor (num_cpus=0) the MaskBatch actors report to, so the driver can log
     images/s and ETA while Ray Data runs.  It also times the steady state: images after
     the first reported batch over the time since (actor start-up and model loads, paid
-    once per actor, excluded)."""
+    once per actor, excluded), and counts the images each Ray node processed (work redone
+    after a lost node counts again, on the node that redid it)."""
 
     def __init__(self) -> None:
         self.inputs = 0
         self.statuses: collections.Counter = collections.Counter()
+        self.nodes: collections.Counter = collections.Counter()
         self.first: tuple[float, int] | None = None
         self.last: tuple[float, int] | None = None
 
-    def add(self, n: int, statuses: Mapping[str, int]) -> None:
+    def add(self, n: int, statuses: Mapping[str, int], node: str = "") -> None:
         self.inputs += int(n)
         self.statuses.update(statuses)
+        self.nodes[node] += int(n)
         now = time.time()
         if self.first is None:
             self.first = (now, self.inputs)
@@ -186,6 +201,9 @@ class ProgressCounter:
 
     def get(self) -> tuple[int, dict[str, int]]:
         return self.inputs, dict(self.statuses)
+
+    def by_node(self) -> dict[str, int]:
+        return dict(self.nodes)
 
     def steady_rate(self) -> float | None:
         # a run of a few batches has no steady state worth the name
@@ -233,12 +251,14 @@ def _log_progress(counter: Any, total: int, every_s: float, stop: threading.Even
 @dataclass(frozen=True)
 class Execution:
     """How the Ray part went: the Ray used, this run's files, seconds from the first block
-    to the last file, the steady images/s (None on short runs)."""
+    to the last file, the steady images/s (None on short runs), images processed per Ray
+    node id (best effort: {} when the counter was lost)."""
 
     ray: Any
     files: list[str]
     seconds: float
     steady: float | None
+    by_node: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def execute(cfg: Any, settings: MaskSettings, table: "pa.Table", out_fs: "pafs.FileSystem",
@@ -261,7 +281,13 @@ def execute(cfg: Any, settings: MaskSettings, table: "pa.Table", out_fs: "pafs.F
         # small input blocks stream well (reads follow the actors' pace) without flooding
         # the object store with tiny objects on millions of inputs
         per_block = min(4096, max(cfg.batch_size, math.ceil(n_inputs / (n_actors * 4))))
-        counter = ray.remote(num_cpus=0)(ProgressCounter).remote()
+        # the counter lives beside the driver (the head, on a cluster): a lost worker node
+        # must not take the job's progress and per-node tally with it
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = ray.get_runtime_context().get_node_id()
+        counter = ray.remote(num_cpus=0)(ProgressCounter).options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True)).remote()
         ds = ray.data.from_arrow([table.slice(i, per_block) for i in range(0, n_inputs, per_block)])
         if settings.read is None:
             in_fs, _ = storage.filesystem_for(cfg.input)
@@ -285,11 +311,13 @@ def execute(cfg: Any, settings: MaskSettings, table: "pa.Table", out_fs: "pafs.F
             seconds = time.perf_counter() - t0
             try:
                 steady = ray.get(counter.steady_rate.remote(), timeout=30)
-            except Exception:  # noqa: BLE001  # pragma: no cover - best effort
-                steady = None
+                by_node = ray.get(counter.by_node.remote(), timeout=30)
+            except Exception as e:  # noqa: BLE001  # pragma: no cover - best effort
+                log.warning("progress counter unreachable at the end (%s): no steady rate or per-node tally", e)
+                steady, by_node = None, {}
         finally:
             ctx.enable_progress_bars = bars
             stop.set()
             progress.join(timeout=5)
             ray.kill(counter)
-    return Execution(info, run_files(out_fs, out_root, settings.run_id), seconds, steady)
+    return Execution(info, run_files(out_fs, out_root, settings.run_id), seconds, steady, by_node)

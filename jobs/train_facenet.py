@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 from facenet.train import MODEL_FILE, TrainConfig
 from jobs import storage
@@ -88,6 +88,9 @@ class TrainJobConfig(TrainConfig):
     num_workers: int = option(2, "Ray Train workers (data-parallel)", group=RAY_GROUP)
     use_gpu: bool = option(False, "one GPU per worker (bf16 autocast, channels_last)", group=RAY_GROUP)
     cpus_per_worker: float = option(1.0, "CPUs reserved per worker", group=RAY_GROUP)
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = option(
+        "PACK", "how workers are placed on nodes: PACK fills few nodes (fast all-gather), SPREAD puts them "
+        "on different nodes where it can (a lost node takes fewer workers)", group=RAY_GROUP)
     max_failures: int = option(1, "restarts from the last checkpoint after a worker dies", group=RUN_GROUP)
     keep: int = option(2, "checkpoints to keep", group=RUN_GROUP)
     checkpoint_every: int = option(0, "also checkpoint every N steps (0: once per epoch)", group=RUN_GROUP)
@@ -209,6 +212,8 @@ def train_loop_per_worker(config: dict) -> None:
     epoch0, skip, step, history = _restore(model, optimizer)
     if step:
         history.append({"kind": "resume", "epoch": epoch0, "step": step})
+        if rank == 0:  # on record at once, even when nothing is left to train
+            _write_history(config["run_dir"], history)
     raw = model
     model = ray.train.torch.prepare_model(model)                                   # [2] prepare
     if device.type == "cuda":
@@ -335,7 +340,8 @@ def run(job: TrainJobConfig) -> dict[str, Any]:
         trainer = TorchTrainer(
             train_loop_per_worker, train_loop_config=config,
             scaling_config=ray.train.ScalingConfig(num_workers=job.num_workers, use_gpu=job.use_gpu,
-                                                   resources_per_worker={"CPU": job.cpus_per_worker}),
+                                                   resources_per_worker={"CPU": job.cpus_per_worker},
+                                                   placement_strategy=job.placement_strategy),
             run_config=ray.train.RunConfig(
                 name=job.name, storage_path=storage_path,
                 storage_filesystem=storage_fs if storage.is_s3(job.output) else None,

@@ -26,12 +26,13 @@ S3 (``s3_server`` session scope; ``s3_bucket``, ``s3_env`` per test)
     ``s3_server.env()`` (``AWS_*``).  ``s3_bucket`` is a fresh ``s3://name`` per test;
     ``s3_env`` puts the ``AWS_*`` variables into the test process (driver) only.
 
-Ray head (``ray_head``, session scope, for ``ray job submit``)
-    ``ray start --head`` on free ports with its own temp dir and its own token
-    (``RAY_AUTH_MODE=token``, ``RAY_AUTH_TOKEN``), no ``AWS_*`` in its environment.
+Ray head (``ray_head``, session scope, for ``ray job submit``) and multi-node cluster
+(``ray_cluster``, module scope, for fault tests): :class:`raycluster.RayCluster`
+    every node a ``ray start`` on free ports with its own temp dir, all with one token
+    (``RAY_AUTH_MODE=token``, ``RAY_AUTH_TOKEN``), no ``AWS_*`` in their environment.
     ``ray_head.submit(entrypoint, runtime_env=...)`` runs ``ray job submit`` and returns
-    the ``CompletedProcess``.  It is stopped by killing exactly its own processes, not
-    ``ray stop`` (which would also kill ``ray_session`` and any other Ray on the box).
+    the ``CompletedProcess``.  Nodes are stopped by killing exactly their own processes,
+    not ``ray stop`` (which would also kill ``ray_session`` and any other Ray on the box).
 """
 from __future__ import annotations
 
@@ -45,16 +46,14 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import pytest
+from raycluster import RayCluster, free_ports, tail
 
 from masktheface.datadir import DATA_HINT as _DATA_HINT
 from masktheface.datadir import data_candidates, shared_data
@@ -139,27 +138,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct free loopback ports (held open together so none repeats)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _tail(path: Path, n: int = 4000) -> str:
-    try:
-        return path.read_text(errors="replace")[-n:]
-    except OSError:
-        return ""
 
 
 def _stop_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
@@ -283,8 +261,8 @@ def _wait_s3(proc: subprocess.Popen, server: S3Server, timeout: float) -> None:
     last: Exception | None = None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            tail = _tail(server.log_path) if server.log_path else ""
-            raise RuntimeError(f"{server.kind} exited with {proc.returncode}:\n{tail}")
+            text = tail(server.log_path) if server.log_path else ""
+            raise RuntimeError(f"{server.kind} exited with {proc.returncode}:\n{text}")
         try:
             fs.get_file_info(pafs.FileSelector("", recursive=False))
             return
@@ -424,142 +402,29 @@ def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> dict[str, st
 
 # ------------------------------------------------------------------------------ Ray head
 
-def _proc_session_and_state(pid: int) -> tuple[int, str]:
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        stat = f.read().decode(errors="replace")
-    rest = stat[stat.rindex(")") + 2:].split()
-    return int(rest[3]), rest[0]  # session id, state
-
-
-def _head_pids(sid: int, marker: bytes) -> list[int]:
-    """Live processes of the head: its session, or anything carrying its marker in the
-    environment (job drivers run in sessions of their own)."""
-    me = os.getpid()
-    pids = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit() or int(d) == me:
-            continue
-        pid = int(d)
-        try:
-            psid, state = _proc_session_and_state(pid)
-            if state in ("Z", "X"):
-                continue
-            if psid == sid:
-                pids.append(pid)
-                continue
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                if marker in f.read().split(b"\0"):
-                    pids.append(pid)
-        except (OSError, ValueError, IndexError):
-            continue
-    return pids
-
-
-def _kill_head(sid: int, marker: bytes, grace: float = 2.0) -> list[int]:
-    """Terminate the head's processes, SIGKILL after ``grace``; returns survivors.
-    (gcs_server, raylet and the runtime-env agent ignore SIGTERM for 8+ s when their
-    peers go down with them; the head is disposable, so the grace is short.)"""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        pids = _head_pids(sid, marker)
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + wait
-        while pids and time.monotonic() < deadline:
-            time.sleep(0.2)
-            pids = _head_pids(sid, marker)
-        if not pids:
-            return []
-    return _head_pids(sid, marker)
-
-
-@dataclasses.dataclass
-class RayHead:
-    """A ``ray start --head`` cluster for job submission."""
-
-    address: str          # dashboard / Jobs API: http://127.0.0.1:<port>
-    gcs_address: str      # 127.0.0.1:<port>
-    env: dict[str, str]   # environment for client commands (address, token)
-    temp_dir: Path
-    start_s: float
-
-    def submit(self, entrypoint: Sequence[str], *, working_dir: str | os.PathLike | None = ROOT,
-               runtime_env: dict[str, Any] | None = None, timeout: float = 600,
-               extra_args: Sequence[str] = ()) -> subprocess.CompletedProcess:
-        """``ray job submit [--working-dir D] [--runtime-env-json J] -- entrypoint``;
-        waits for the job and returns the CompletedProcess (stdout has the job's log;
-        the return code is non-zero when the job failed)."""
-        cmd = [sys.executable, "-m", "ray.scripts.scripts", "job", "submit",
-               f"--address={self.address}"]
-        if working_dir is not None:
-            cmd += ["--working-dir", str(working_dir)]
-        if runtime_env:
-            cmd += ["--runtime-env-json", json.dumps(runtime_env)]
-        cmd += [*extra_args, "--", *entrypoint]
-        return subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.fixture(scope="session")
-def ray_head() -> Iterator[RayHead]:
-    """A Ray head (``ray start --head``, 2 CPUs) for ``ray job submit`` tests."""
+def ray_head() -> Iterator[RayCluster]:
+    """A Ray head (``ray start --head``, 2 CPUs) for ``ray job submit`` tests:
+    ``ray_head.submit(entrypoint, runtime_env=...)``."""
     if not Path("/proc/self/stat").exists():
         pytest.skip("ray_head needs /proc to find and stop its processes")
-    token = secrets.token_hex(32)
-    marker_value = uuid.uuid4().hex
-    marker = f"MASKTHEFACE_TEST_RAY_HEAD={marker_value}".encode()
-    # short: Ray's unix sockets live under it (108-byte limit)
-    temp_dir = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp" if os.path.isdir("/tmp") else None))
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AWS_", "RAY_ADDRESS", "RAY_AUTH_TOKEN", "PYTEST_"))}
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0",
-               MASKTHEFACE_TEST_RAY_HEAD=marker_value)
-    (gcs, dash, agent_http, agent_grpc, rt_agent, metrics, node_mgr, obj_mgr,
-     client) = free_ports(9)
-    cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head",
-           "--node-ip-address=127.0.0.1", f"--port={gcs}",
-           "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-           f"--dashboard-agent-listen-port={agent_http}", f"--dashboard-agent-grpc-port={agent_grpc}",
-           f"--runtime-env-agent-port={rt_agent}", f"--metrics-export-port={metrics}",
-           f"--node-manager-port={node_mgr}", f"--object-manager-port={obj_mgr}",
-           f"--ray-client-server-port={client}", "--min-worker-port=0", "--max-worker-port=0",
-           "--num-cpus=2", f"--object-store-memory={512 * 2**20}",
-           f"--temp-dir={temp_dir}", "--disable-usage-stats"]
-    address = f"http://127.0.0.1:{dash}"
-    log_path = temp_dir / "ray-start.log"
-    t0 = time.perf_counter()
-    with open(log_path, "wb") as out:
-        starter = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
-    sid = starter.pid  # the session every head process belongs to
-    try:
-        rc = starter.wait(120)
-        if rc != 0:
-            raise RuntimeError(f"ray start --head failed ({rc}):\n{_tail(log_path)}")
-        deadline = time.monotonic() + 90
-        req = urllib.request.Request(f"{address}/api/jobs/",
-                                     headers={"Authorization": f"Bearer {token}"})
-        while True:
-            try:
-                with urllib.request.urlopen(req, timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"Ray dashboard at {address} did not answer:\n{_tail(log_path)}")
-            time.sleep(0.25)
-    except BaseException:
-        _kill_head(sid, marker)
-        shutil.rmtree(temp_dir, ignore_errors=True)
-        raise
-    client_env = {k: v for k, v in env.items() if k != "MASKTHEFACE_TEST_RAY_HEAD"}
-    client_env["RAY_ADDRESS"] = address
-    head = RayHead(address, f"127.0.0.1:{gcs}", client_env, temp_dir, time.perf_counter() - t0)
-    log.warning("ray_head: started in %.1f s, dashboard %s", head.start_s, address)
+    head = RayCluster.start(head_cpus=2)
     try:
         yield head
     finally:
-        left = _kill_head(sid, marker)
-        if left:
-            log.warning("ray_head: processes survived SIGKILL: %s", left)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        head.stop()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[RayCluster]:
+    """A head (0 CPUs: drivers only, as on our cloud clusters) and two worker nodes of 2
+    CPUs each, every one its own ``ray start`` (see ``tests/raycluster.py``); per module,
+    since its tests kill nodes.  Workers import this checkout and the test modules."""
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("ray_cluster needs /proc to find and stop its processes")
+    cluster = RayCluster.start(head_cpus=0, workers={"w1": 2, "w2": 2},
+                               pythonpath=os.pathsep.join((str(ROOT), str(ROOT / "tests"))))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
