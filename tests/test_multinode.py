@@ -191,33 +191,40 @@ def test_train_survives_a_lost_node_and_a_killed_driver(ray_cluster, s3_server, 
     The run ends with the right epoch and step counts, and its history shows both."""
     cluster = ray_cluster
     ensure_workers(cluster)
-    epochs, steps = 6, 4
+    epochs, steps = 3, 4
     args = ["jobs.train_facenet", "--smoke-test", "--output", f"{s3_bucket}/train", "--name", "mn",
-            "--epochs", str(epochs), "--steps-per-epoch", str(steps), "--checkpoint-every", "2",
+            "--epochs", str(epochs), "--steps-per-epoch", str(steps), "--checkpoint-every", "1",
             "--placement-strategy", "SPREAD", "--max-failures", "2", "--val-pairs", "40"]
     env = cluster.driver_env(s3_server.env())
     fs = pafs.S3FileSystem(**_s3_kwargs(s3_server))
     run_root = f"{s3_bucket.removeprefix('s3://')}/train/mn"
 
     log1 = tmp_path / "train-1.log"
+    t0 = time.monotonic()
+    marks = {}
     proc = start_driver([sys.executable, "-m", *args], env, log1, cwd=ROOT)
     workers = [n for n in cluster.nodes if not cluster.nodes[n].head and not cluster.nodes[n].killed]
     wait_for(lambda: nodes_running(cluster, "RayTrainWorker") >= set(workers) and registered_step(fs, run_root),
              300, "train workers on both nodes and a first checkpoint", proc, log1,
              lambda: [(a["class_name"], a["node"], a["state"]) for a in cluster.actors()])
     victim = sorted(nodes_running(cluster, "RayTrainWorker"))[-1]
+    marks["first checkpoint"] = time.monotonic() - t0
     cluster.kill_raylet(victim)
     at_loss = registered_step(fs, run_root)
     ensure_workers(cluster)
+    marks["node replaced"] = time.monotonic() - t0
     # the restarted group registers a newer checkpoint; then the driver dies (a crashed client)
     wait_for(lambda: registered_step(fs, run_root) > at_loss, 300, "a checkpoint after the restart", proc, log1)
     assert proc.poll() is None, "the driver finished before it could be killed: no fault was tested"
     kill_driver(proc)
+    marks["driver killed"] = time.monotonic() - t0
     at_kill = registered_step(fs, run_root)
     assert at_kill < epochs * steps, "the driver was killed after training ended: no fault was tested"
     wait_for(lambda: not nodes_running(cluster, "RayTrainWorker"), 120, "the killed driver's workers to go")
 
+    marks["workers gone"] = time.monotonic() - t0
     rc, text2 = run_job(cluster, args, env, tmp_path / "train-2.log", 600)
+    marks["rerun done"] = time.monotonic() - t0
     assert rc == 0, text2[-4000:]
     history = [json.loads(line) for line in fs.open_input_stream(f"{run_root}/metrics.jsonl").read().splitlines()]
     resumes = [h["step"] for h in history if h.get("kind") == "resume"]
@@ -232,7 +239,7 @@ def test_train_survives_a_lost_node_and_a_killed_driver(ray_cluster, s3_server, 
     assert summary["metrics"]["epoch"] == epochs and summary["metrics"]["step"] == epochs * steps
     assert fs.get_file_info(f"{run_root}/model.pt").type == pafs.FileType.File
     print(f"train: {victim} lost at step {at_loss}, driver killed at step {at_kill}; resumed at {resumes}; "
-          f"epochs {epochs_done}")
+          f"epochs {epochs_done}; seconds {({k: round(v) for k, v in marks.items()})}")
 
 
 # ---------------------------------------------------------------------------------- evaluate
