@@ -24,10 +24,11 @@ def test_tiny_experiment_end_to_end(ray_session, data_dir, tmp_path):
                            "--max-identities", "4", "--per-identity", "4", "--steps", "2", "--epochs", "1",
                            "--P", "4", "--K", "2", "--lr", "0.001", "--val-holdout", "2", "--limit-pairs", "20",
                            "--limit-mfr2-pairs", "20",
-                           "--eval-variants", "original,N95", "--workers", "2"])
-    assert set(s["devtest"]) == {"dlib", "no-mask net", "mask net"}
-    assert set(s["mfr2"]) == {"dlib", "no-mask net", "mask net"}
-    for which in ("nomask", "mask"):
+                           "--eval-variants", "original,N95", "--workers", "2",
+                           "--networks", "nomask,mask,online"])
+    nets = {"dlib", "no-mask net", "mask net", "mask net (online)"}
+    assert set(s["devtest"]) == nets and set(s["mfr2"]) == nets
+    for which in ("nomask", "mask", "online"):
         kinds = [h["kind"] for h in s["training"][which]]
         assert kinds[0] == "start" and kinds[-1] == "epoch"
     report = (results / "report.md").read_text()
@@ -38,3 +39,6 @@ def test_tiny_experiment_end_to_end(ray_session, data_dir, tmp_path):
     assert len(train_log["train"]["per_variant"]) == 7
     nomask = json.loads((tmp_path / "work" / "train" / "nomask_net" / "_summary.json").read_text())
     assert list(nomask["train"]["per_variant"]) == ["original"]
+    online = json.loads((tmp_path / "work" / "train" / "online_net" / "_summary.json").read_text())
+    assert list(online["train"]["per_variant"]) == ["original"]  # its masks are drawn while loading
+    assert "online vs offline masks" in report

@@ -116,8 +116,8 @@ def progress(log_text: str) -> int:
 # ---------------------------------------------------------------------------------- mask_dataset
 
 def test_mask_dataset_survives_a_lost_node(ray_cluster, s3_server, s3_bucket, lfw_images_dir, tmp_path):
-    """Masking actors run on both worker nodes; one node's raylet is killed mid-run and a
-    replacement joins.  The job (or, if it failed, its rerun into the same output) ends with
+    """Masking runs on the worker nodes; the raylet of one that is masking is killed mid-run
+    and a replacement joins.  The job (or, if it failed, its rerun into the same output) ends with
     every input x variant exactly once on S3, and the summary shows work on every node."""
     cluster = ray_cluster
     ensure_workers(cluster)
@@ -130,11 +130,12 @@ def test_mask_dataset_survives_a_lost_node(ray_cluster, s3_server, s3_bucket, lf
     env = cluster.driver_env(s3_server.env())
     log_path = tmp_path / "mask-1.log"
     proc = start_driver([sys.executable, "-m", *args, "--run-id", "first"], env, log_path, cwd=ROOT)
-    workers = [n for n in cluster.nodes if not cluster.nodes[n].head and not cluster.nodes[n].killed]
-    wait_for(lambda: nodes_running(cluster, "MapWorker") >= set(workers) and progress(_text(log_path)) >= 8,
-             240, "masking actors on every worker node and 8 images done", proc, log_path,
+    # kill a node that is masking right now, once some work is done (under load, one
+    # node's actors may start well after the other's: any node with live actors will do)
+    wait_for(lambda: nodes_running(cluster, "MapWorker") and progress(_text(log_path)) >= 8,
+             240, "masking actors at work and 8 images done", proc, log_path,
              lambda: [(a["class_name"], a["node"], a["state"]) for a in cluster.actors()])
-    victim = workers[-1]
+    victim = sorted(nodes_running(cluster, "MapWorker"))[-1]
     done_before = progress(_text(log_path))
     cluster.kill_raylet(victim)
     ensure_workers(cluster)
@@ -155,7 +156,7 @@ def test_mask_dataset_survives_a_lost_node(ray_cluster, s3_server, s3_bucket, lf
     assert set(pairs) == {(k, v) for k in files for v in ("original", "N95")}
     summary = json.loads(fs.open_input_stream(f"{root}/_runs/first.json").read())
     worked = {cluster.node_name(n) for n, k in summary["images_by_node"].items() if k}
-    assert {"w1", victim} <= worked, summary["images_by_node"]
+    assert victim in worked and len(worked - {None}) >= 2, summary["images_by_node"]  # work on every node
     last = json.loads(fs.open_input_stream(f"{root}/_summary.json").read())
     assert last["missing"] == 0 and last["duplicates"] == 0
     print(f"mask_dataset: {len(files)} images x 2 variants; {victim} lost after {done_before} images; "
@@ -259,7 +260,7 @@ def _pairs_file(files: list[str]) -> str:
 
 def test_evaluate_reuses_embeddings_after_a_lost_node_and_a_killed_driver(ray_cluster, s3_server, s3_bucket,
                                                                         lfw_images_dir, tmp_path):
-    """Embedding on both worker nodes; one is lost mid-embedding (actors restart on the
+    """Embedding on the worker nodes; one that is embedding is lost mid-run (actors restart on the
     replacement); the driver is then killed.  The rerun embeds only what the killed run had
     not saved (the cache is written while embedding) and every pair is scored."""
     cluster = ray_cluster
@@ -275,15 +276,14 @@ def test_evaluate_reuses_embeddings_after_a_lost_node_and_a_killed_driver(ray_cl
     cache = f"{s3_bucket.removeprefix('s3://')}/eval/embeddings.npz"
     log1 = tmp_path / "eval-1.log"
     proc = start_driver([sys.executable, "-m", *args], env, log1, cwd=ROOT)
-    workers = [n for n in cluster.nodes if not cluster.nodes[n].head and not cluster.nodes[n].killed]
 
     def saved() -> int:
         found = re.findall(r"saved (\d+) embeddings so far", _text(log1))
         return int(found[-1]) if found else 0
 
-    wait_for(lambda: nodes_running(cluster, "MapWorker") >= set(workers) and saved() > 0, 300,
-             "embedding actors on every worker node and a first save", proc, log1)
-    cluster.kill_raylet(workers[-1])
+    wait_for(lambda: nodes_running(cluster, "MapWorker") and saved() > 0, 300,
+             "embedding actors at work and a first save", proc, log1)
+    cluster.kill_raylet(sorted(nodes_running(cluster, "MapWorker"))[-1])
     ensure_workers(cluster)
     at_kill = saved()
     wait_for(lambda: saved() > at_kill, 300, "embeddings saved after the lost node", proc, log1)

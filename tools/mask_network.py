@@ -39,6 +39,9 @@ log = logging.getLogger("mask_network")
 MASKS = ("surgical", "surgical_blue", "surgical_green", "N95", "KN95", "cloth")
 EVAL_VARIANTS = ("original", "surgical_blue", "surgical_green", "N95", "cloth")
 RESULTS = ROOT / "docs" / "results" / "mask_network"
+#: the trained networks: folder under WORK/train, evaluation label
+NETWORKS = {"nomask": ("nomask_net", "no-mask net"), "mask": ("mask_net", "mask net"),
+            "online": ("online_net", "mask net (online)")}
 
 
 #: run the jobs in this process (tests, sharing a Ray already started) instead of subprocesses
@@ -122,12 +125,16 @@ def step_data(args, work: Path) -> dict[str, float]:
 
 
 def step_train(args, work: Path, which: str) -> float:
-    name = f"{which}_net"
+    """One network: ``nomask`` (original rows only), ``mask`` (original + the offline masked
+    variants of the Parquet) or ``online`` (original rows, a random mask drawn while loading
+    with probability ``--mask-prob``).  Same start, schedule, seed and images per step."""
+    name = NETWORKS[which][0]
     if (work / "train" / name / "model.pt").exists():
         return 0.0
     data = ",".join(str(work / "data" / s) for s in ("lfw", "celeba", "glint"))
-    variants = "original" if which == "nomask" else ",".join(("original",) + MASKS)
-    cmd = ["--data", data, "--variants", variants,
+    variants = ",".join(("original",) + MASKS) if which == "mask" else "original"
+    online = ["--mask-prob", str(args.mask_prob), "--mask-types", ",".join(MASKS)] if which == "online" else []
+    cmd = ["--data", data, "--variants", variants, *online,
            "--model", "dlib_resnet", "--pretrained", "--trainable", args.trainable,
            "--epochs", str(args.epochs), "--steps-per-epoch", str(args.steps // args.epochs),
            "--P", str(args.P), "--K", str(args.K), "--optimizer", "sgd", "--lr", str(args.lr),
@@ -158,6 +165,23 @@ def step_eval(args, work: Path, model: str, label: str) -> float:
     return dt
 
 
+def reuse(earlier: Path, work: Path) -> dict[str, float]:
+    """Copy what does not depend on the masked training data from an earlier work folder:
+    the untouched dlib network's evaluation, and the trained no-mask network (original rows
+    only, whose bytes do not depend on the mask renderer; it is evaluated again, with the
+    current evaluation code, like the other networks).  Returns their recorded wall times."""
+    old_times = json.loads((earlier / "times.json").read_text()) if (earlier / "times.json").exists() else {}
+    out = {}
+    for src, dst, key in ((earlier / "eval" / "dlib", work / "eval" / "dlib", "eval_dlib"),
+                          (earlier / "train" / "nomask_net", work / "train" / "nomask_net", "train_nomask")):
+        if src.is_dir() and not dst.exists():
+            shutil.copytree(src, dst)
+            log.info("reused %s", src)
+            if key in old_times:
+                out[key] = old_times[key]
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default=str(ROOT / "out" / "mask_network"), help="working folder (git-ignored)")
@@ -179,13 +203,20 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--eval-variants", default=",".join(EVAL_VARIANTS))
     p.add_argument("--overlap", default=str(RESULTS / "overlap.json"), help="the identity-overlap check's JSON")
     p.add_argument("--results", default=str(RESULTS), help="where the report goes")
-    p.add_argument("--fresh", default="", help="comma list of steps to redo: data,nomask,mask,eval")
+    p.add_argument("--fresh", default="", help="comma list of steps to redo: data,nomask,mask,online,eval")
+    p.add_argument("--networks", default="nomask,mask,online",
+                   help="networks to train: nomask, mask (offline masked variants), online (masks drawn while "
+                        "loading)")
+    p.add_argument("--mask-prob", type=float, default=0.5, help="online network: chance of a mask per image")
+    p.add_argument("--reuse", default="",
+                   help="an earlier WORK folder to take the dlib evaluation and the no-mask network (with its "
+                        "evaluation) from; they do not depend on how masked training data is made")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     work = Path(args.work)
     for step in filter(None, args.fresh.split(",")):
-        target = {"data": work / "data", "nomask": work / "train" / "nomask_net", "mask": work / "train" / "mask_net",
-                  "eval": work / "eval"}[step]
+        target = {"data": work / "data", "eval": work / "eval",
+                  **{k: work / "train" / v[0] for k, v in NETWORKS.items()}}[step]
         shutil.rmtree(target, ignore_errors=True)
     times_path = work / "times.json"
     times = json.loads(times_path.read_text()) if times_path.exists() else {}
@@ -194,15 +225,20 @@ def main(argv: list[str] | None = None) -> dict:
         times_path.parent.mkdir(parents=True, exist_ok=True)
         times_path.write_text(json.dumps(times, indent=1))
 
+    networks = [n.strip() for n in args.networks.split(",") if n.strip()]
+    if set(networks) - set(NETWORKS):
+        p.error(f"--networks: unknown {sorted(set(networks) - set(NETWORKS))}; choose from {', '.join(NETWORKS)}")
+    if args.reuse:
+        times.update(reuse(Path(args.reuse), work))
     times.update({k: v for k, v in step_data(args, work).items()})
     save()
-    for which in ("nomask", "mask"):
+    for which in networks:
         dt = step_train(args, work, which)
         if dt:
             times[f"train_{which}"] = dt
             save()
-    for model, label in (("dlib", "dlib"), (str(work / "train" / "nomask_net" / "model.pt"), "no-mask net"),
-                         (str(work / "train" / "mask_net" / "model.pt"), "mask net")):
+    for model, label in (("dlib", "dlib"), *((str(work / "train" / NETWORKS[n][0] / "model.pt"), NETWORKS[n][1])
+                                             for n in networks)):
         dt = step_eval(args, work, model, label)
         if dt:
             times[f"eval_{label}"] = dt

@@ -19,7 +19,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-MODELS = ("dlib", "no-mask net", "mask net")
+MODELS = ("dlib", "no-mask net", "mask net", "mask net (online)")
+ONLINE = "mask net (online)"
 TPR = "tpr@far=0.001"
 
 
@@ -69,7 +70,7 @@ def _figures(dev: dict, mfr: dict, out: Path) -> list[str]:
     for label, m in dev.items():
         if m is None:
             continue
-        slug = label.replace(" ", "_").replace("-", "")
+        slug = label.replace(" ", "_").replace("-", "").replace("(", "").replace(")", "")
         for key, title in ((TPR, "TPR@FAR=0.1%"), ("accuracy", "max accuracy")):
             f = f"heatmap_{slug}_{key.split('@')[0]}.png"
             (out / f).write_bytes(report.heatmap_png(m["grids"][key], m["variants"], f"{label}: {title} (LFW DevTest)"))
@@ -117,6 +118,14 @@ def _targets(s: dict) -> list[str]:
                      f"(target ≥ +15): **{'met' if gain >= 15 else 'missed'}**")
         lines.append(f"* unmasked × unmasked max accuracy: mask net {drop:+.1f} points below the no-mask net "
                      f"(target ≤ 1): **{'met' if drop <= 1 else 'missed'}**")
+    if ONLINE in d and "mask net" in d:
+        key = "masked_mean_tpr@far=0.001"
+        diff = 100 * (_f(d[ONLINE][key]) - _f(d["mask net"][key]))
+        mdiff = (100 * (_f(m[ONLINE]["accuracy"]) - _f(m["mask net"]["accuracy"]))
+                 if ONLINE in m and "mask net" in m else float("nan"))
+        winner = "online" if diff > 0 else "offline"
+        lines.append(f"* online vs offline masks: masked cells mean TPR@FAR=0.1 % online − offline = {diff:+.1f} "
+                     f"points, MFR2 max accuracy {mdiff:+.1f} points: **{winner} wins on the masked cells**")
     if "mask net" in m and "no-mask net" in m:
         da = 100 * (_f(m["mask net"]["accuracy"]) - _f(m["no-mask net"]["accuracy"]))
         dt = 100 * (_f(m["mask net"]["tpr@far=0.0022"]) - _f(m["no-mask net"]["tpr@far=0.0022"]))
@@ -148,7 +157,7 @@ def write_report(work: Path, out: Path, settings: dict | None = None, times: dic
     dev = {label: _load(work, label, "devtest") for label in MODELS}
     mfr = {label: _load(work, label, "mfr2") for label in MODELS}
     training = {}
-    for which in ("nomask", "mask"):
+    for which in ("nomask", "mask", "online"):
         p = work / "train" / f"{which}_net" / "metrics.jsonl"
         if p.is_file():
             training[which] = [json.loads(line) for line in p.read_text().splitlines()]
@@ -160,7 +169,8 @@ def write_report(work: Path, out: Path, settings: dict | None = None, times: dic
     (out / "summary.json").write_text(json.dumps(s, indent=1, default=str))
     for label, m in dev.items():
         if m:
-            (out / f"devtest_{label.replace(' ', '_')}.json").write_text(json.dumps(
+            slug = label.replace(" ", "_").replace("(", "").replace(")", "")
+            (out / f"devtest_{slug}.json").write_text(json.dumps(
                 {k: m[k] for k in ("model", "variants", "grids", "n_pairs", "status_counts")}, indent=1))
     lines = ["# The mask network on LFW-SM DevTest and MFR2", "",
              "Produced by `python tools/mask_network.py` (settings and wall times in `summary.json`).", "",
