@@ -23,7 +23,10 @@ Alignments (:data:`ALIGNMENT_FOR`):
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -310,38 +313,71 @@ def item_seed(seed: int, epoch: int, index: int, key: str) -> list[int]:
 
 
 class SampleLoader:
-    """Records -> model input batches.  The masker (dlib's predictor, drawn mask art) is
-    built on first use, once per process.
+    """Records -> model input batches.
 
-    ``alignment``/``size``: the model's crop (:func:`alignment_for`, ``model.input_size``)."""
+    ``alignment``/``size``: the model's crop (:func:`alignment_for`, ``model.input_size``).
+    ``threads``: load the samples of one :meth:`batch` in that many threads (0/1: one after
+    the other in the calling thread).  The output does not depend on it: every sample draws
+    from its own generator (:func:`item_seed`), so neither the order nor the thread that
+    loads it matters.  Decoding, warping and mask drawing are OpenCV/numpy calls that release
+    the GIL, so threads overlap on a multi-core worker.
+
+    Online masks need a ``masktheface`` Masker, built on first use.  Threads never share
+    one: each sample checks a Masker out of an idle list and puts it back, so there are at
+    most ``threads`` of them, each used by one thread at a time.  Not a lock around one
+    shared Masker: masking is most of the cost of a masked sample, and a lock would load
+    those one at a time again.  Not ``threading.local``: the threads live for one batch, so
+    per-thread Maskers would be rebuilt every batch.  The Maskers share one FaceAnalyzer
+    (dlib's predictor, ~100 MB, ~1.5 s to load): it guards its dlib objects with its own lock,
+    and masking from stored landmarks does not call it at all."""
 
     def __init__(self, records: FaceRecords, alignment: str, size: int,
-                 augment: AugmentConfig = AugmentConfig(), seed: int = 0) -> None:
+                 augment: AugmentConfig = AugmentConfig(), seed: int = 0, threads: int = 0) -> None:
         if alignment not in ALIGNMENTS:
             raise ValueError(f"unknown alignment {alignment!r}; one of {ALIGNMENTS}")
+        if int(threads) < 0:
+            raise ValueError(f"threads must be >= 0, not {threads}")
         self.records = records
         self.alignment = alignment
         self.size = int(size)
         self.augment = augment
         self.seed = int(seed)
-        self._masker = None
+        self.threads = int(threads)
         self.counts: dict[str, int] = {}
+        self.maskers_built = 0
+        self._idle_maskers: queue.SimpleQueue = queue.SimpleQueue()
+        self._analyzer = None
+        self._lock = threading.Lock()  # guards the first Masker's build, the counts
 
-    @property
-    def masker(self):
-        if self._masker is None:
-            from masktheface.pipeline import Masker
-            self._masker = Masker()
-        return self._masker
+    def _checkout_masker(self):
+        """An idle Masker, or a new one (the first loads dlib's models; later ones share them)."""
+        try:
+            return self._idle_maskers.get_nowait()
+        except queue.Empty:
+            pass
+        from masktheface.pipeline import Masker
+        with self._lock:  # threads starting together load dlib's predictor once, not once each
+            if self._analyzer is None:
+                m = Masker()
+                self._analyzer = m.analyzer
+            else:
+                m = Masker(analyzer=self._analyzer)
+            self.maskers_built += 1
+        return m
 
     def _maybe_mask(self, bgr: np.ndarray, lm: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         from masktheface.spec import MaskSpec
         a = self.augment
         mask_type = str(rng.choice(a.mask_types))
         placement = str(rng.choice(a.placements))
-        faces = self.masker.find_faces(bgr, landmarks=[lm])
-        res = self.masker.mask(bgr, MaskSpec(mask_type, placement=placement), rng, faces=faces)
-        _count(self.counts, "online_masked" if res.status == "ok" else f"online_{res.status}")
+        masker = self._checkout_masker()
+        try:
+            faces = masker.find_faces(bgr, landmarks=[lm])
+            res = masker.mask(bgr, MaskSpec(mask_type, placement=placement), rng, faces=faces)
+        finally:
+            self._idle_maskers.put(masker)
+        with self._lock:
+            _count(self.counts, "online_masked" if res.status == "ok" else f"online_{res.status}")
         return res.image if res.status == "ok" else bgr
 
     def load(self, i: int, epoch: int = 0, train: bool = True) -> np.ndarray:
@@ -364,9 +400,21 @@ class SampleLoader:
         return np.ascontiguousarray(crop)
 
     def batch(self, index: Sequence[int], epoch: int = 0, train: bool = True) -> np.ndarray:
-        """indices -> float32 (N,3,S,S) RGB 0..255, ready for the model."""
-        crops = np.stack([self.load(int(i), epoch, train) for i in index])
-        return np.ascontiguousarray(crops.transpose(0, 3, 1, 2), dtype=np.float32)
+        """indices -> float32 (N,3,S,S) RGB 0..255, ready for the model; the same array
+        whatever ``threads`` is.  A sample that fails raises its own exception here."""
+        index = [int(i) for i in index]
+        n = min(self.threads, len(index))
+        if n <= 1:
+            crops = [self.load(i, epoch, train) for i in index]
+        else:
+            # a pool per batch: no thread outlives the call (the cost, ~0.1 ms a thread, is
+            # noise against a batch of decodes); map keeps the input order
+            pool = ThreadPoolExecutor(n, thread_name_prefix="facenet-loader")
+            try:
+                crops = list(pool.map(lambda i: self.load(i, epoch, train), index))
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
+        return np.ascontiguousarray(np.stack(crops).transpose(0, 3, 1, 2), dtype=np.float32)
 
 
 def make_pairs(labels: np.ndarray, n_pairs: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

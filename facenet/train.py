@@ -285,22 +285,64 @@ class EpochMeter:
         return out
 
 
+def _prefetched(loader, plan: Sequence[np.ndarray], epoch: int, depth: int):
+    """Yield ``loader.batch(plan[j], epoch, train=True)`` for j = 0, 1, ... in order.
+
+    ``depth`` > 0: one background thread loads up to ``depth`` batches beyond the one being
+    consumed, so loading overlaps the consumer's step; a failed load re-raises its own
+    exception (``Future.result``) here, at the batch it belongs to.  When the consumer
+    stops (done, an exception, a closed generator), batches not started are cancelled and
+    the thread is joined: nothing keeps running after this generator is closed.  ``depth``
+    0: loaded in the calling thread, one at a time."""
+    if depth <= 0:
+        for index in plan:
+            yield loader.batch(index, epoch=epoch, train=True)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="facenet-prefetch")
+    pending: deque = deque()
+    try:
+        nxt = 0
+        for j in range(len(plan)):
+            while nxt < len(plan) and nxt <= j + depth:
+                pending.append(pool.submit(loader.batch, plan[nxt], epoch=epoch, train=True))
+                nxt += 1
+            yield pending.popleft().result()
+    finally:
+        for f in pending:
+            f.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)  # at most the batch in progress finishes
+
+
 def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader, plan: Sequence[np.ndarray],
               labels: np.ndarray, cfg: TrainConfig, epoch: int, *, step0: int, total_steps: int,
               device: torch.device | str = "cpu", gather: Callable | None = None, world_size: int = 1,
-              scaler=None, on_step: Callable[[int, dict], None] | None = None) -> dict[str, float]:
+              scaler=None, on_step: Callable[[int, dict], None] | None = None,
+              prefetch: int = 1) -> dict[str, float]:
     """Train over ``plan`` (this worker's index batches for ``epoch``) with ``loader``
     (a :class:`facenet.data.SampleLoader`); returns the epoch's mean statistics.
-    ``on_step(global_step, stats)`` is called after every step (checkpoints every N steps)."""
+    ``on_step(global_step, stats)`` is called after every step (checkpoints every N steps).
+
+    ``prefetch``: while step j trains, a background thread loads batches j+1 .. j+prefetch
+    (0: load each batch just before its step).  It changes when batches are loaded, not what
+    they hold (each sample is seeded by itself) nor the step's arithmetic, so losses and
+    weights are the same with and without it.  A load error is raised here, at its step;
+    the thread is gone when this returns or raises."""
     meter = EpochMeter()
     gen = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + epoch)  # same on every worker
-    for j, index in enumerate(plan):
-        step = step0 + j
-        x = torch.from_numpy(loader.batch(index, epoch=epoch, train=True)).to(device)
-        y = torch.from_numpy(np.asarray(labels)[index]).to(device)
-        stats = train_step(model, optimizer, x, y, cfg, lr=lr_at(cfg, step, total_steps), gather=gather,
-                           world_size=world_size, generator=gen, scaler=scaler)
-        meter.add(stats, len(index))
-        if on_step is not None:
-            on_step(step + 1, stats)
+    batches = _prefetched(loader, plan, epoch, int(prefetch))
+    try:
+        for j, (index, xb) in enumerate(zip(plan, batches)):
+            step = step0 + j
+            x = torch.from_numpy(xb).to(device)
+            y = torch.from_numpy(np.asarray(labels)[index]).to(device)
+            stats = train_step(model, optimizer, x, y, cfg, lr=lr_at(cfg, step, total_steps), gather=gather,
+                               world_size=world_size, generator=gen, scaler=scaler)
+            meter.add(stats, len(index))
+            if on_step is not None:
+                on_step(step + 1, stats)
+    finally:
+        batches.close()  # stops and joins the prefetch thread, also when a step raised
     return meter.result()

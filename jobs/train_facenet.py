@@ -88,6 +88,10 @@ class TrainJobConfig(TrainConfig):
     num_workers: int = option(2, "Ray Train workers (data-parallel)", group=RAY_GROUP)
     use_gpu: bool = option(False, "one GPU per worker (bf16 autocast, channels_last)", group=RAY_GROUP)
     cpus_per_worker: float = option(1.0, "CPUs reserved per worker", group=RAY_GROUP)
+    loader_threads: int = option(2, "threads per worker that load the samples of a batch (decode, crop, online "
+                                 "masks; 0 or 1: one after the other)", group=RAY_GROUP)
+    prefetch: int = option(1, "batches each worker loads ahead in the background while it trains (0: off)",
+                           group=RAY_GROUP)
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = option(
         "PACK", "how workers are placed on nodes: PACK fills few nodes (fast all-gather), SPREAD puts them "
         "on different nodes where it can (a lost node takes fewer workers)", group=RAY_GROUP)
@@ -107,6 +111,7 @@ class TrainJobConfig(TrainConfig):
                   (0.0 <= self.mask_prob <= 1.0, "--mask-prob must be within 0..1"),
                   (self.val_holdout >= 0 and self.val_pairs >= 2, "--val-holdout >= 0 and --val-pairs >= 2"),
                   (self.cpus_per_worker > 0, "--cpus-per-worker must be > 0"),
+                  (self.loader_threads >= 0 and self.prefetch >= 0, "--loader-threads and --prefetch must be >= 0"),
                   (self.keep >= 1, "--keep must be >= 1"), (bool(self.name.strip()), "--name must not be empty")]
         for ok, msg in checks:
             if not ok:
@@ -219,7 +224,8 @@ def train_loop_per_worker(config: dict) -> None:
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     loader = fdata.SampleLoader(records, config["alignment"], raw.input_size,
-                                fdata.AugmentConfig(**config["augment"]), seed=cfg.seed)
+                                fdata.AugmentConfig(**config["augment"]), seed=cfg.seed,
+                                threads=config["loader_threads"])
     # [1] shard: P identities of every global batch split over the workers (P/W each, disjoint)
     sampler = PKSampler(records.labels, cfg.P // world, cfg.K, seed=cfg.seed, rank=rank, world_size=world,
                         steps_per_epoch=cfg.steps_per_epoch or None, groups=records.groups)
@@ -257,7 +263,7 @@ def train_loop_per_worker(config: dict) -> None:
         t0 = time.perf_counter()
         stats = run_epoch(model, optimizer, loader, plan, records.labels, cfg, epoch, step0=step,   # [3] step
                           total_steps=total, device=device, gather=gather, world_size=world,
-                          scaler=scaler, on_step=on_step)
+                          scaler=scaler, on_step=on_step, prefetch=config["prefetch"])
         step += len(plan)
         skip = 0
         metrics = {f"train_{k}": v for k, v in stats.items()}
@@ -335,6 +341,7 @@ def run(job: TrainJobConfig) -> dict[str, Any]:
         config = {"train": cfg.to_dict(), "records": ray.put(train), "validation": ray.put(vsets),
                   "alignment": alignment, "run_dir": run_dir, "checkpoint_every": job.checkpoint_every,
                   "kill_at": job.kill_worker_at_step, "s3_env": storage.s3_env_vars(),
+                  "loader_threads": job.loader_threads, "prefetch": job.prefetch,
                   "augment": dataclasses.asdict(fdata.AugmentConfig(
                       mask_prob=job.mask_prob, mask_types=job.mask_types, jitter=job.jitter))}
         trainer = TorchTrainer(
