@@ -3,7 +3,11 @@ masks, a training step that moves the right parameters."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import threading
+import time
+import traceback
 
 import numpy as np
 import pytest
@@ -159,3 +163,140 @@ def test_state_round_trip(tmp_path):
     assert ftrain.load_state(str(tmp_path), net2, opt2) == (2, 3, 13, [{"epoch": 1}])
     for a, b in zip(net.state_dict().values(), net2.state_dict().values()):
         assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------------------------------
+# Threaded loading and prefetch: same bytes, same training, errors surface, no thread left
+# ------------------------------------------------------------------------------------------
+
+def _our_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith(("facenet-prefetch", "facenet-loader"))]
+
+
+def test_threaded_loader_is_bit_identical_to_serial(records):
+    aug = fdata.AugmentConfig(mask_prob=0.5, jitter=0.05, flip=True)
+    serial = fdata.SampleLoader(records, "arcface", 112, aug, seed=7)
+    threaded = fdata.SampleLoader(records, "arcface", 112, aug, seed=7, threads=4)
+    idx = np.random.default_rng(1).integers(0, len(records), 24)  # repeats included
+    a = serial.batch(idx, epoch=2)
+    b = threaded.batch(idx, epoch=2)
+    np.testing.assert_array_equal(a, b)
+    # order does not matter either: each item draws from (seed, epoch, index, key) alone
+    np.testing.assert_array_equal(threaded.batch(idx[::-1], epoch=2), a[::-1])
+    assert serial.counts.get("online_masked", 0) >= 1
+    assert 2 * serial.counts["online_masked"] == threaded.counts["online_masked"]  # two batches
+    assert 1 <= threaded.maskers_built <= 4  # one per thread at most, never one shared
+    assert not _our_threads()
+
+
+def test_threaded_loader_raises_the_failing_samples_error(records):
+    bad = records.subset(np.arange(len(records)))
+    bad.images[3] = b"not an image"
+    idx = [0, 1, 2, 3, 4, 5]
+    with pytest.raises(Exception) as serial_err:
+        fdata.SampleLoader(bad, "arcface", 112).batch(idx)
+    with pytest.raises(type(serial_err.value), match=re.escape(str(serial_err.value))):
+        fdata.SampleLoader(bad, "arcface", 112, threads=3).batch(idx)
+    assert not _our_threads()
+
+
+def _mobilefacenet_run(records, *, prefetch: int, threads: int, steps: int = 3):
+    # head only: a full backward costs seconds a step on 2 shared cores; what prefetch could
+    # change (which batch, which samples, the generator's draws) shows in the head as well
+    cfg = TrainConfig(model="mobilefacenet", pretrained=False, trainable="head", P=3, K=2, optimizer="sgd",
+                      lr=0.05, mining="random_violating", margin=0.5, seed=4)
+    torch.manual_seed(0)
+    net = ftrain.build_for_training(cfg)
+    opt = ftrain.make_optimizer(net.parameters(), cfg)
+    loader = fdata.SampleLoader(records, "arcface", 112, fdata.AugmentConfig(mask_prob=0.5, jitter=0.02),
+                                seed=cfg.seed, threads=threads)
+    from facenet.sampler import PKSampler
+    plan = PKSampler(records.labels, cfg.P, cfg.K, seed=cfg.seed, steps_per_epoch=steps).batches(1)
+    seen = []
+    res = ftrain.run_epoch(net, opt, loader, plan, records.labels, cfg, 1, step0=steps, total_steps=3 * steps,
+                           on_step=lambda s, st: seen.append((s, st)), prefetch=prefetch)
+    return res, seen, net.state_dict()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread: with a loader thread beside it, two OpenMP threads on 2 shared
+    cores spin against each other (a step takes seconds instead of a fraction of one)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_run_epoch_with_prefetch_and_threads_trains_identically(records, one_torch_thread):
+    base, base_steps, base_w = _mobilefacenet_run(records, prefetch=0, threads=0)
+    fast, fast_steps, fast_w = _mobilefacenet_run(records, prefetch=2, threads=3)
+    timing = {"seconds", "samples_per_s"}
+    assert {k: v for k, v in base.items() if k not in timing} == {k: v for k, v in fast.items() if k not in timing}
+    assert base_steps == fast_steps and [s for s, _ in base_steps] == [4, 5, 6]
+    assert base_w.keys() == fast_w.keys()
+    for k in base_w:
+        assert torch.equal(base_w[k], fast_w[k]), k
+    assert not _our_threads()
+
+
+class _Tiny(torch.nn.Module):
+    """A linear embedding of (B,3,4,4) inputs: run_epoch's plumbing without a real network."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(48, 8)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+class _FlakyLoader:
+    """batch() of random (n,3,4,4) arrays; raises at batch ``fail_at`` (its call count)."""
+
+    def __init__(self, fail_at: int | None = None, delay: float = 0.0) -> None:
+        self.calls = 0
+        self.fail_at = fail_at
+        self.delay = delay
+
+    def batch(self, index, epoch=0, train=True):
+        self.calls += 1
+        time.sleep(self.delay)
+        if self.calls - 1 == self.fail_at:
+            raise OSError(f"record store gone at batch {self.fail_at}")
+        return np.random.default_rng(int(index[0])).random((len(index), 3, 4, 4), dtype=np.float32)
+
+
+def _tiny_epoch(loader, on_step=None, prefetch: int = 1, n: int = 5):
+    cfg = TrainConfig(model="tiny", pretrained=False, P=2, K=2, optimizer="sgd", lr=0.01, mining="batch_all")
+    net = _Tiny()
+    plan = [np.array([4 * j, 4 * j + 1, 4 * j + 2, 4 * j + 3]) for j in range(n)]
+    labels = np.tile([0, 0, 1, 1], n)
+    return ftrain.run_epoch(net, ftrain.make_optimizer(net.parameters(), cfg), loader, plan, labels, cfg, 0,
+                            step0=0, total_steps=n, on_step=on_step, prefetch=prefetch)
+
+
+@pytest.mark.parametrize("prefetch", [0, 1, 3])
+def test_run_epoch_load_error_surfaces_at_its_step(prefetch):
+    steps = []
+    with pytest.raises(OSError, match="record store gone at batch 2") as err:
+        _tiny_epoch(_FlakyLoader(fail_at=2), on_step=lambda s, st: steps.append(s), prefetch=prefetch)
+    # the original exception, raised from the loader's own frame
+    assert traceback.extract_tb(err.value.__traceback__)[-1].name == "batch"
+    assert steps == [1, 2]  # the steps before the failing batch ran, as without prefetch
+    assert not _our_threads()
+
+
+def test_run_epoch_step_error_stops_the_prefetch_thread():
+    loader = _FlakyLoader(delay=0.05)
+
+    def boom(step, stats):
+        if step == 2:
+            raise RuntimeError("step failed")
+
+    with pytest.raises(RuntimeError, match="step failed"):
+        _tiny_epoch(loader, on_step=boom, prefetch=2, n=20)
+    assert not _our_threads()
+    assert loader.calls <= 2 + 2 + 1  # the batches trained, the ones queued ahead, at most one more
+    res = _tiny_epoch(_FlakyLoader(), prefetch=2)
+    assert res["steps"] == 5 and not _our_threads()
