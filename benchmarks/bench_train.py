@@ -1,19 +1,33 @@
-"""Training throughput: a plain torch loop against the Ray Train job with 1 and 2 workers.
+"""Training throughput: the plain torch loop with a serial / prefetching / threaded loader,
+and the plain loop against the Ray Train job with 1 and 2 workers.
 
     python benchmarks/bench_train.py --model mobilefacenet --steps 12 --repeats 2
+    python benchmarks/bench_train.py --steps 8 --repeats 2 --parts loader     # no Ray
 
 Same model, same P×K global batch, same data (glint_subset, loaded once per run), same
 per-step work (:func:`facenet.train.run_epoch`: load + crop + augment, forward, triplet
 loss, backward, step):
 
-* ``plain``: one process, no Ray, torch with 2 threads;
-* ``ray-N``: :func:`jobs.train_facenet.run` with N workers on a private local Ray
-  (2 CPUs; each worker reserves 2/N of them, and Ray gives it as many torch threads, so
-  every configuration uses both cores): samples/s is the job's own ``train_samples_per_s_global`` of the last epoch,
-  so start-up (Ray, workers, the process group) is *excluded*; it is reported apart.
+``loader`` part - one process, no Ray, torch with ``--torch-threads`` (2), the loader varied:
+
+* ``serial``: ``prefetch=0``, ``threads=0`` (each batch loaded sample by sample, then its step);
+* ``prefetch``: the next batch loads in a background thread while the step runs;
+* ``prefetch+2thr``: that, with the batch's samples loaded by 2 threads (the job's default);
+* ``masked ...``: the same three with online masks (``mask_prob`` 0.5), where loading costs most.
+
+Each prints training samples/s and its ratio to the serial configuration with the same
+masks, and ``load only``: samples/s of ``SampleLoader.batch`` over the same plan without
+training (what the loader alone delivers; with prefetch a worker's rate tends to
+min(loader, step) instead of 1/(1/loader + 1/step)).
+
+``ray`` part - ``plain`` (the loop with the job's loader defaults) against ``ray-N``:
+:func:`jobs.train_facenet.run` with N workers on a private local Ray
+(2 CPUs; each worker reserves 2/N of them, and Ray gives it as many torch threads, so
+every configuration uses both cores): samples/s is the job's own ``train_samples_per_s_global`` of the last epoch,
+so start-up (Ray, workers, the process group) is *excluded*; it is reported apart.
 
 Each configuration repeats ``--repeats`` times interleaved; medians are printed with the
-ratio to ``plain`` measured in the same run.  On 2 shared cores, ``ray-2`` competes with
+ratio to the baseline measured in the same run.  On 2 shared cores, ``ray-2`` competes with
 Ray's own daemons for the cores: the figure that carries to a cluster is ``ray-1`` /
 ``plain`` (the per-worker overhead of Ray Train).
 """
@@ -38,24 +52,60 @@ def _glint() -> Path:
     return g
 
 
-def plain(args, records) -> float:
-    """samples/s of the library loop in this process."""
+#: the loader configurations of the ``loader`` part: (name, mask_prob, threads, prefetch)
+LOADER_CONFIGS = (("serial", 0.0, 0, 0), ("prefetch", 0.0, 0, 1), ("prefetch+2thr", 0.0, 2, 1),
+                  ("masked serial", 0.5, 0, 0), ("masked prefetch", 0.5, 0, 1), ("masked prefetch+2thr", 0.5, 2, 1))
+
+
+def plain(args, records, mask_prob: float = 0.0, threads: int | None = None,
+          prefetch: int | None = None) -> tuple[float, float]:
+    """(training samples/s, load-only samples/s) of the library loop in this process;
+    ``threads``/``prefetch`` None: the job's defaults (``--loader-threads``, ``--prefetch``)."""
     import torch
 
     from facenet import data as fdata
     from facenet.sampler import PKSampler
     from facenet.train import TrainConfig, build_for_training, make_optimizer, run_epoch
+    from jobs.train_facenet import TrainJobConfig
 
-    torch.set_num_threads(2)
+    threads = TrainJobConfig.loader_threads if threads is None else threads
+    prefetch = TrainJobConfig.prefetch if prefetch is None else prefetch
+    torch.set_num_threads(args.torch_threads)
     cfg = TrainConfig(model=args.model, pretrained=False, P=args.P, K=args.K, optimizer="adam", lr=1e-3,
                       mining="batch_hard", steps_per_epoch=args.steps)
     net = build_for_training(cfg)
     opt = make_optimizer(net.parameters(), cfg)
-    loader = fdata.SampleLoader(records, fdata.alignment_for(args.model), net.input_size, seed=0)
+    loader = fdata.SampleLoader(records, fdata.alignment_for(args.model), net.input_size,
+                                fdata.AugmentConfig(mask_prob=mask_prob, jitter=0.02), seed=0, threads=threads)
     plan = PKSampler(records.labels, cfg.P, cfg.K, seed=0, steps_per_epoch=args.steps).batches(0)
-    run_epoch(net, opt, loader, plan[:1], records.labels, cfg, 0, step0=0, total_steps=args.steps)  # warm-up
-    res = run_epoch(net, opt, loader, plan, records.labels, cfg, 0, step0=0, total_steps=args.steps)
-    return res["samples_per_s"]
+    run_epoch(net, opt, loader, plan[:1], records.labels, cfg, 0, step0=0, total_steps=args.steps,
+              prefetch=prefetch)  # warm-up (and the masker's build)
+    res = run_epoch(net, opt, loader, plan, records.labels, cfg, 0, step0=0, total_steps=args.steps,
+                    prefetch=prefetch)
+    t0 = time.perf_counter()
+    for index in plan:
+        loader.batch(index, epoch=1)
+    load = sum(len(i) for i in plan) / (time.perf_counter() - t0)
+    return res["samples_per_s"], load
+
+
+def loader_part(args, records) -> None:
+    """The ``loader`` part: every configuration of :data:`LOADER_CONFIGS`, interleaved."""
+    rates: dict[str, list[float]] = {c[0]: [] for c in LOADER_CONFIGS}
+    loads: dict[str, list[float]] = {c[0]: [] for c in LOADER_CONFIGS}
+    for _ in range(args.repeats):
+        for name, mask_prob, threads, prefetch in LOADER_CONFIGS:
+            r, load = plain(args, records, mask_prob, threads, prefetch)
+            rates[name].append(r)
+            loads[name].append(load)
+    print(f"\nloader: {args.model}, batch {args.P}x{args.K}, {args.steps} steps, {args.torch_threads} torch "
+          f"thread(s), medians of {args.repeats}; ratios against the serial loader with the same masks")
+    print(f"{'config':22} {'samples/s':>10} {'x serial':>9} {'load only/s':>12} {'x serial':>9}")
+    for name, mask_prob, _, _ in LOADER_CONFIGS:
+        base = "masked serial" if mask_prob else "serial"
+        m, b = statistics.median(rates[name]), statistics.median(rates[base])
+        lm, lb = statistics.median(loads[name]), statistics.median(loads[base])
+        print(f"{name:22} {m:10.2f} {m / b:9.3f} {lm:12.1f} {lm / lb:9.2f}")
 
 
 def ray_job(args, workers: int) -> tuple[float, float]:
@@ -74,20 +124,12 @@ def ray_job(args, workers: int) -> tuple[float, float]:
     return float(out["metrics"]["samples_per_s_global"]), time.perf_counter() - t0
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="mobilefacenet")
-    p.add_argument("--steps", type=int, default=12, help="steps per measured epoch")
-    p.add_argument("--P", type=int, default=8)
-    p.add_argument("--K", type=int, default=4)
-    p.add_argument("--repeats", type=int, default=2)
-    args = p.parse_args()
-    from facenet import data as fdata
-    records = fdata.records_from_folder(str(_glint()), max_per_identity=12, prealigned=True)
+def ray_part(args, records) -> None:
+    """The ``ray`` part: the plain loop against the job with 1 and 2 workers."""
     rates: dict[str, list[float]] = {"plain": [], "ray-1": [], "ray-2": []}
     walls: dict[str, list[float]] = {"ray-1": [], "ray-2": []}
     for _ in range(args.repeats):
-        rates["plain"].append(plain(args, records))
+        rates["plain"].append(plain(args, records)[0])
         for w in (1, 2):
             r, wall = ray_job(args, w)
             rates[f"ray-{w}"].append(r)
@@ -99,6 +141,29 @@ def main() -> None:
         m = statistics.median(v)
         wall = f"{statistics.median(walls[k]):11.1f}" if k in walls else " " * 11
         print(f"{k:8} {m:10.2f} {m / base:8.2f} {wall}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="mobilefacenet")
+    p.add_argument("--steps", type=int, default=12, help="steps per measured epoch")
+    p.add_argument("--P", type=int, default=8)
+    p.add_argument("--K", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--parts", default="loader,ray", help="comma list of: loader, ray")
+    p.add_argument("--torch-threads", type=int, default=2,
+                   help="torch threads of the plain loop (1 when other work holds a core: two OpenMP threads "
+                        "on one free core spin against each other)")
+    args = p.parse_args()
+    parts = {x.strip() for x in args.parts.split(",") if x.strip()}
+    if not parts or parts - {"loader", "ray"}:
+        p.error(f"--parts: loader and/or ray, not {args.parts!r}")
+    from facenet import data as fdata
+    records = fdata.records_from_folder(str(_glint()), max_per_identity=12, prealigned=True)
+    if "loader" in parts:
+        loader_part(args, records)
+    if "ray" in parts:
+        ray_part(args, records)
 
 
 if __name__ == "__main__":
