@@ -29,7 +29,9 @@ so start-up (Ray, workers, the process group) is *excluded*; it is reported apar
 Each configuration repeats ``--repeats`` times interleaved; medians are printed with the
 ratio to the baseline measured in the same run.  On 2 shared cores, ``ray-2`` competes with
 Ray's own daemons for the cores: the figure that carries to a cluster is ``ray-1`` /
-``plain`` (the per-worker overhead of Ray Train).
+``plain`` (the per-worker overhead of Ray Train).  ``daemon CPU`` says how much of the CPU
+the job's Ray processes used went to Ray's own daemons (GCS, raylet, dashboard and its
+agents) rather than to the workers, over the whole job (start-up included).
 """
 from __future__ import annotations
 
@@ -108,10 +110,63 @@ def loader_part(args, records) -> None:
         print(f"{name:22} {m:10.2f} {m / b:9.3f} {lm:12.1f} {lm / lb:9.2f}")
 
 
-def ray_job(args, workers: int) -> tuple[float, float]:
-    """(samples/s of the last epoch, wall seconds of the whole job)."""
+#: Ray's own processes, by what their command line contains (the rest of Ray's processes
+#: are workers: the train workers, the controller, idle pool workers)
+RAY_DAEMONS = ("gcs_server", "raylet", "dashboard", "agent", "log_monitor", "monitor.py", "runtime_env")
+
+
+class CpuSampler:
+    """CPU seconds used by Ray's daemons and by Ray's worker processes while a job runs:
+    /proc sampled every ``every`` s, each process's last seen utime+stime kept (processes
+    exit at shutdown, so a single reading at the end would miss them).  Linux only."""
+
+    def __init__(self, every: float = 0.5) -> None:
+        import threading
+        self.every, self.seen = every, {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _read(pid: str) -> tuple[str, float] | None:
+        import os
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                rest = f.read().decode(errors="replace").rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return cmd, (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
+
+    def _run(self) -> None:
+        import os
+        while not self.stop.wait(self.every):
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                got = self._read(pid)
+                if got and ("ray" in got[0] or "gcs_server" in got[0]):
+                    self.seen[pid] = got
+
+    def __enter__(self) -> "CpuSampler":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def seconds(self) -> tuple[float, float]:
+        """(daemons, workers) CPU seconds."""
+        daemons = sum(t for cmd, t in self.seen.values() if any(d in cmd for d in RAY_DAEMONS))
+        workers = sum(t for cmd, t in self.seen.values() if "ray::" in cmd or "default_worker" in cmd)
+        return daemons, workers
+
+
+def ray_job(args, workers: int) -> tuple[float, float, float, float]:
+    """(samples/s of the last epoch, wall seconds of the whole job, CPU seconds of Ray's
+    daemons, CPU seconds of Ray's worker processes)."""
     from jobs import train_facenet
 
+    sampler = CpuSampler().__enter__()
     t0 = time.perf_counter()
     storage = tempfile.mkdtemp(prefix="bench-train-")
     out = train_facenet.main(["--folders", str(_glint()), "--model", args.model, "--no-pretrained",
@@ -121,26 +176,34 @@ def ray_job(args, workers: int) -> tuple[float, float]:
                               "--output", storage, "--name", f"w{workers}",
                               "--val-holdout", "0", "--max-per-identity", "12", "--num-cpus", "2",
                               "--log-level", "WARNING"])
-    return float(out["metrics"]["samples_per_s_global"]), time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    sampler.__exit__(None, None, None)
+    daemons, work = sampler.seconds()
+    return float(out["metrics"]["samples_per_s_global"]), wall, daemons, work
 
 
 def ray_part(args, records) -> None:
     """The ``ray`` part: the plain loop against the job with 1 and 2 workers."""
     rates: dict[str, list[float]] = {"plain": [], "ray-1": [], "ray-2": []}
     walls: dict[str, list[float]] = {"ray-1": [], "ray-2": []}
+    daemon_share: dict[str, list[float]] = {"ray-1": [], "ray-2": []}
     for _ in range(args.repeats):
         rates["plain"].append(plain(args, records)[0])
         for w in (1, 2):
-            r, wall = ray_job(args, w)
+            r, wall, daemons, work = ray_job(args, w)
             rates[f"ray-{w}"].append(r)
             walls[f"ray-{w}"].append(wall)
+            daemon_share[f"ray-{w}"].append(daemons / (daemons + work) if daemons + work else float("nan"))
     base = statistics.median(rates["plain"])
     print(f"\n{args.model}, global batch {args.P}x{args.K}, {args.steps} steps/epoch, medians of {args.repeats}")
-    print(f"{'config':8} {'samples/s':>10} {'x plain':>8} {'job wall s':>11}")
+    print(f"{'config':8} {'samples/s':>10} {'x plain':>8} {'job wall s':>11} {'daemon CPU':>11}")
     for k, v in rates.items():
         m = statistics.median(v)
         wall = f"{statistics.median(walls[k]):11.1f}" if k in walls else " " * 11
-        print(f"{k:8} {m:10.2f} {m / base:8.2f} {wall}")
+        share = f"{100 * statistics.median(daemon_share[k]):10.1f}%" if k in daemon_share else ""
+        print(f"{k:8} {m:10.2f} {m / base:8.2f} {wall} {share}")
+    print("daemon CPU: share of the job's Ray CPU seconds used by Ray's own processes (GCS, raylet, "
+          "dashboard, agents), whole job")
 
 
 def main() -> None:

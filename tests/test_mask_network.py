@@ -24,11 +24,10 @@ def test_tiny_experiment_end_to_end(ray_session, data_dir, tmp_path):
                            "--max-identities", "4", "--per-identity", "4", "--steps", "2", "--epochs", "1",
                            "--P", "4", "--K", "2", "--lr", "0.001", "--val-holdout", "2", "--limit-pairs", "20",
                            "--limit-mfr2-pairs", "20",
-                           "--eval-variants", "original,N95", "--workers", "2",
-                           "--networks", "nomask,mask,online"])
-    nets = {"dlib", "no-mask net", "mask net", "mask net (online)"}
+                           "--eval-variants", "original,N95", "--workers", "2", "--networks", "nomask,mask"])
+    nets = {"dlib", "no-mask net", "mask net"}
     assert set(s["devtest"]) == nets and set(s["mfr2"]) == nets
-    for which in ("nomask", "mask", "online"):
+    for which in ("nomask", "mask"):
         kinds = [h["kind"] for h in s["training"][which]]
         assert kinds[0] == "start" and kinds[-1] == "epoch"
     report = (results / "report.md").read_text()
@@ -39,6 +38,23 @@ def test_tiny_experiment_end_to_end(ray_session, data_dir, tmp_path):
     assert len(train_log["train"]["per_variant"]) == 7
     nomask = json.loads((tmp_path / "work" / "train" / "nomask_net" / "_summary.json").read_text())
     assert list(nomask["train"]["per_variant"]) == ["original"]
-    online = json.loads((tmp_path / "work" / "train" / "online_net" / "_summary.json").read_text())
-    assert list(online["train"]["per_variant"]) == ["original"]  # its masks are drawn while loading
-    assert "online vs offline masks" in report
+
+
+def test_report_targets_and_online_line():
+    """The report's target lines from summaries (no Ray): the online network's line names
+    the winner on the masked cells.  (The online network trains with the job's --mask-prob,
+    tested in tests/test_train.py; the tiny experiment above trains the two networks the
+    issue asks for, to keep CI short.)"""
+    from tools.mask_network_report import _targets
+
+    def dev(masked, unmasked):
+        return {"masked_mean_tpr@far=0.001": masked, "unmasked_accuracy": unmasked}
+    s = {"devtest": {"no-mask net": dev(0.60, 0.98), "mask net": dev(0.66, 0.96), "mask net (online)": dev(0.68, 0.96)},
+         "mfr2": {"no-mask net": {"accuracy": 0.80, "tpr@far=0.0022": 0.2},
+                  "mask net": {"accuracy": 0.82, "tpr@far=0.0022": 0.5},
+                  "mask net (online)": {"accuracy": 0.85, "tpr@far=0.0022": 0.3}}}
+    lines = "\n".join(_targets(s))
+    assert "+6.0 points (target ≥ +15): **missed**" in lines
+    assert "2.0 points below the no-mask net (target ≤ 1): **missed**" in lines
+    assert "online − offline = +2.0 points, MFR2 max accuracy +3.0 points: **online wins" in lines
+    assert "MFR2: max accuracy +2.0 points, TPR@FAR=0.22 % +30.0 points (target: both higher): **met**" in lines

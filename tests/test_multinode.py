@@ -121,7 +121,7 @@ def test_mask_dataset_survives_a_lost_node(ray_cluster, s3_server, s3_bucket, lf
     every input x variant exactly once on S3, and the summary shows work on every node."""
     cluster = ray_cluster
     ensure_workers(cluster)
-    files = lfw_files(lfw_images_dir, people=40, per_person=2)
+    files = lfw_files(lfw_images_dir, people=28, per_person=2)
     upload(s3_server.filesystem(), s3_bucket, "in", files)
     out = f"{s3_bucket}/masked"
     args = ["jobs.mask_dataset", "--input", f"{s3_bucket}/in", "--output", out, "--recipe", "custom",
@@ -192,7 +192,7 @@ def test_train_survives_a_lost_node_and_a_killed_driver(ray_cluster, s3_server, 
     The run ends with the right epoch and step counts, and its history shows both."""
     cluster = ray_cluster
     ensure_workers(cluster)
-    epochs, steps = 3, 4
+    epochs, steps = 2, 4
     args = ["jobs.train_facenet", "--smoke-test", "--output", f"{s3_bucket}/train", "--name", "mn",
             "--epochs", str(epochs), "--steps-per-epoch", str(steps), "--checkpoint-every", "1",
             "--placement-strategy", "SPREAD", "--max-failures", "2", "--val-pairs", "40"]
@@ -265,7 +265,7 @@ def test_evaluate_reuses_embeddings_after_a_lost_node_and_a_killed_driver(ray_cl
     not saved (the cache is written while embedding) and every pair is scored."""
     cluster = ray_cluster
     ensure_workers(cluster)
-    files = lfw_files(lfw_images_dir, people=30, per_person=2)
+    files = lfw_files(lfw_images_dir, people=24, per_person=2)
     upload(s3_server.filesystem(), s3_bucket, "lfw", files)
     pairs = tmp_path / "pairs.txt"
     pairs.write_text(_pairs_file(list(files)))
