@@ -282,12 +282,13 @@ def execute(cfg: Any, settings: MaskSettings, table: "pa.Table", out_fs: "pafs.F
         # the object store with tiny objects on millions of inputs
         per_block = min(4096, max(cfg.batch_size, math.ceil(n_inputs / (n_actors * 4))))
         # the counter lives beside the driver (the head, on a cluster): a lost worker node
-        # must not take the job's progress and per-node tally with it
+        # must not take the job's progress and per-node tally with it.  Hard affinity: it
+        # needs no resources, and a soft one was seen to spill to a worker node under load
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         here = ray.get_runtime_context().get_node_id()
         counter = ray.remote(num_cpus=0)(ProgressCounter).options(
-            scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True)).remote()
+            scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote()
         ds = ray.data.from_arrow([table.slice(i, per_block) for i in range(0, n_inputs, per_block)])
         if settings.read is None:
             in_fs, _ = storage.filesystem_for(cfg.input)

@@ -148,7 +148,7 @@ def test_mask_dataset_survives_a_lost_node(ray_cluster, s3_server, s3_bucket, lf
     assert rc == 0, text[-4000:]
     assert done_before < len(files), "the node was lost after the work was done: no fault was tested"
 
-    fs, root = pafs.S3FileSystem(**_s3_kwargs(s3_server)), out.removeprefix("s3://")
+    fs, root = s3_server.filesystem(), out.removeprefix("s3://")
     table = pa.concat_tables([pq.read_table(f, filesystem=fs).select([S.KEY, S.VARIANT, S.STATUS])
                               for f in S.data_files(fs, root)])
     pairs = list(zip(table.column(S.KEY).to_pylist(), table.column(S.VARIANT).to_pylist()))
@@ -161,11 +161,6 @@ def test_mask_dataset_survives_a_lost_node(ray_cluster, s3_server, s3_bucket, lf
     assert last["missing"] == 0 and last["duplicates"] == 0
     print(f"mask_dataset: {len(files)} images x 2 variants; {victim} lost after {done_before} images; "
           f"runs {runs}; images by node {summary['images_by_node']}")
-
-
-def _s3_kwargs(server) -> dict:
-    return {"access_key": server.key, "secret_key": server.secret, "endpoint_override": server.endpoint_url,
-            "region": server.region, "scheme": "http"}
 
 
 # ---------------------------------------------------------------------------------- train_facenet
@@ -197,7 +192,7 @@ def test_train_survives_a_lost_node_and_a_killed_driver(ray_cluster, s3_server, 
             "--epochs", str(epochs), "--steps-per-epoch", str(steps), "--checkpoint-every", "1",
             "--placement-strategy", "SPREAD", "--max-failures", "2", "--val-pairs", "40"]
     env = cluster.driver_env(s3_server.env())
-    fs = pafs.S3FileSystem(**_s3_kwargs(s3_server))
+    fs = s3_server.filesystem()
     run_root = f"{s3_bucket.removeprefix('s3://')}/train/mn"
 
     log1 = tmp_path / "train-1.log"
@@ -272,7 +267,7 @@ def test_evaluate_reuses_embeddings_after_a_lost_node_and_a_killed_driver(ray_cl
     args = ["jobs.evaluate", "--pairs", str(pairs), "--images", f"{s3_bucket}/lfw", "--output",
             f"{s3_bucket}/eval", "--variants", "original,N95", "--batch-size", "2", "--save-every-s", "2"]
     env = cluster.driver_env(s3_server.env())
-    fs = pafs.S3FileSystem(**_s3_kwargs(s3_server))
+    fs = s3_server.filesystem()
     cache = f"{s3_bucket.removeprefix('s3://')}/eval/embeddings.npz"
     log1 = tmp_path / "eval-1.log"
     proc = start_driver([sys.executable, "-m", *args], env, log1, cwd=ROOT)
