@@ -186,8 +186,11 @@ def _restore(model, optimizer):
     ckpt = ray.train.get_checkpoint()
     if ckpt is None:
         return 0, 0, 0, []
-    with ckpt.as_directory() as d:
-        epoch, skip, step, history = load_state(d, model, optimizer)
+    # Each worker downloads into its own folder: as_directory() shares one folder per node,
+    # and a second worker's download rewrites the files the first is still reading (seen in
+    # CI as a "corrupted" checkpoint zip on resume).
+    with tempfile.TemporaryDirectory(prefix="restore-") as d:
+        epoch, skip, step, history = load_state(ckpt.to_directory(d), model, optimizer)
     log.info("resumed at epoch %d step %d (global step %d)", epoch, skip, step)
     return epoch, skip, step, history
 
