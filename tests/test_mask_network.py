@@ -53,8 +53,14 @@ def test_report_targets_and_online_line():
          "mfr2": {"no-mask net": {"accuracy": 0.80, "tpr@far=0.0022": 0.2},
                   "mask net": {"accuracy": 0.82, "tpr@far=0.0022": 0.5},
                   "mask net (online)": {"accuracy": 0.85, "tpr@far=0.0022": 0.3}}}
+    s["devtest"].update({"no-mask net (scratch)": dev(0.10, 0.80), "mask net (online, scratch)": dev(0.30, 0.80)})
     lines = "\n".join(_targets(s))
-    assert "+6.0 points (target ≥ +15): **missed**" in lines
-    assert "2.0 points below the no-mask net (target ≤ 1): **missed**" in lines
+    assert ("* mask net vs no-mask net: masked cells, mean TPR@FAR=0.1 % +6.0 points (target ≥ +15): **missed**; "
+            "unmasked × unmasked max accuracy +2.0 points below (target ≤ 1): **missed**") in lines
     assert "online − offline = +2.0 points, MFR2 max accuracy +3.0 points: **online wins" in lines
     assert "MFR2: max accuracy +2.0 points, TPR@FAR=0.22 % +30.0 points (target: both higher): **met**" in lines
+    # the from-scratch row is compared within itself (no MFR2 figures here: no MFR2 line for it)
+    assert ("* mask net (online, scratch) vs no-mask net (scratch): masked cells, mean TPR@FAR=0.1 % +20.0 points "
+            "(target ≥ +15): **met**; unmasked × unmasked max accuracy +0.0 points below (target ≤ 1): **met**"
+            ) in lines
+    assert lines.count("MFR2: max accuracy") == 2

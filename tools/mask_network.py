@@ -41,7 +41,9 @@ EVAL_VARIANTS = ("original", "surgical_blue", "surgical_green", "N95", "cloth")
 RESULTS = ROOT / "docs" / "results" / "mask_network"
 #: the trained networks: folder under WORK/train, evaluation label
 NETWORKS = {"nomask": ("nomask_net", "no-mask net"), "mask": ("mask_net", "mask net"),
-            "online": ("online_net", "mask net (online)")}
+            "online": ("online_net", "mask net (online)"),
+            "nomask_scratch": ("nomask_scratch_net", "no-mask net (scratch)"),
+            "online_scratch": ("online_scratch_net", "mask net (online, scratch)")}
 
 
 #: run the jobs in this process (tests, sharing a Ray already started) instead of subprocesses
@@ -127,18 +129,28 @@ def step_data(args, work: Path) -> dict[str, float]:
 def step_train(args, work: Path, which: str) -> float:
     """One network: ``nomask`` (original rows only), ``mask`` (original + the offline masked
     variants of the Parquet) or ``online`` (original rows, a random mask drawn while loading
-    with probability ``--mask-prob``).  Same start, schedule, seed and images per step."""
+    with probability ``--mask-prob``), each fine-tuned from dlib's network; ``nomask_scratch``
+    and ``online_scratch`` train the small backbone (MobileFaceNet) from random weights with
+    Adam and ``--scratch-steps``.  Within a row: same start, schedule, seed and images per step."""
     name = NETWORKS[which][0]
     if (work / "train" / name / "model.pt").exists():
         return 0.0
     data = ",".join(str(work / "data" / s) for s in ("lfw", "celeba", "glint"))
     variants = ",".join(("original",) + MASKS) if which == "mask" else "original"
-    online = ["--mask-prob", str(args.mask_prob), "--mask-types", ",".join(MASKS)] if which == "online" else []
-    cmd = ["--data", data, "--variants", variants, *online,
-           "--model", "dlib_resnet", "--pretrained", "--trainable", args.trainable,
-           "--epochs", str(args.epochs), "--steps-per-epoch", str(args.steps // args.epochs),
-           "--P", str(args.P), "--K", str(args.K), "--optimizer", "sgd", "--lr", str(args.lr),
-           "--schedule", "paper", "--mining", args.mining, "--margin", "0.2", "--seed", str(args.seed),
+    online = (["--mask-prob", str(args.mask_prob), "--mask-types", ",".join(MASKS)]
+              if which.startswith("online") else [])
+    if which.endswith("_scratch"):
+        start = ["--model", "mobilefacenet", "--no-pretrained", "--trainable", "all", "--optimizer", "adam",
+                 "--lr", str(args.scratch_lr), "--schedule", "cosine", "--warmup-steps", "20"]
+        steps = args.scratch_steps
+    else:
+        start = ["--model", "dlib_resnet", "--pretrained", "--trainable", args.trainable, "--optimizer", "sgd",
+                 "--lr", str(args.lr), "--schedule", "paper"]
+        steps = args.steps
+    cmd = ["--data", data, "--variants", variants, *online, *start,
+           "--epochs", str(args.epochs), "--steps-per-epoch", str(steps // args.epochs),
+           "--P", str(args.P), "--K", str(args.K),
+           "--mining", args.mining, "--margin", "0.2", "--seed", str(args.seed),
            "--val-holdout", str(args.val_holdout), "--val-pairs", "400", "--val-mask", "N95", "--jitter", "0.0",
            "--num-workers", str(args.workers), "--checkpoint-every", "25",
            "--exclude-identities", str(exclusion_file(work, Path(args.overlap))),
@@ -190,6 +202,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--P", type=int, default=16)
     p.add_argument("--K", type=int, default=4)
     p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--scratch-steps", type=int, default=450, help="training steps of the from-scratch networks")
+    p.add_argument("--scratch-lr", type=float, default=0.002, help="Adam's peak rate for the from-scratch networks")
     p.add_argument("--mining", default="semi_hard")
     p.add_argument("--trainable", default="head", choices=("head", "all"))
     p.add_argument("--workers", type=int, default=2)
@@ -206,7 +220,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--fresh", default="", help="comma list of steps to redo: data,nomask,mask,online,eval")
     p.add_argument("--networks", default="nomask,mask,online",
                    help="networks to train: nomask, mask (offline masked variants), online (masks drawn while "
-                        "loading)")
+                        "loading), all fine-tuned from dlib's network; nomask_scratch, online_scratch (MobileFaceNet "
+                        "from random weights)")
     p.add_argument("--mask-prob", type=float, default=0.5, help="online network: chance of a mask per image")
     p.add_argument("--reuse", default="",
                    help="an earlier WORK folder to take the dlib evaluation and the no-mask network (with its "
