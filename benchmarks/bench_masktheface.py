@@ -38,13 +38,14 @@ PACK = DATA / "masktheface_templates" / "masks"
 VARIANT = [Variant("surgical_blue", (MaskSpec("surgical_blue"),))]
 
 
-def reference_pipeline(datas: list[bytes]) -> list[list[tuple]]:
-    """The original's way; returns the boxes it found per image."""
+def reference_pipeline(datas: list[bytes], write_to: list[str] | None = None) -> list[list[tuple]]:
+    """The original's way; returns the boxes it found per image.  ``write_to``: a path per
+    image to write the result to (cv2.imwrite, as the original does); else it is only encoded."""
     det = dlib.get_frontal_face_detector()
     sp = dlib.shape_predictor(model_path("shape_predictor_68_face_landmarks.dat"))
     anchors = np.array([[21, 97], [307, 22], [600, 99], [25, 322], [295, 470], [600, 323]], np.float64)
     found = []
-    for data in datas:
+    for i, data in enumerate(datas):
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         rgb = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
         boxes = []
@@ -58,7 +59,10 @@ def reference_pipeline(datas: list[bytes]) -> list[list[tuple]]:
             a = warped[..., 3:4].astype(np.float32) / 255.0
             img = (img * (1 - a) + warped[..., :3] * a).astype(np.uint8)
             boxes.append((r.left(), r.top(), r.right(), r.bottom()))
-        cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        if write_to is None:
+            cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        elif boxes:
+            cv2.imwrite(write_to[i], img, [cv2.IMWRITE_JPEG_QUALITY, 95])
         found.append(boxes)
     return found
 
