@@ -74,7 +74,7 @@ def _figures(dev: dict, mfr: dict, out: Path) -> list[str]:
     for label, m in dev.items():
         if m is None:
             continue
-        slug = label.replace(" ", "_").replace("-", "").replace("(", "").replace(")", "")
+        slug = label.replace(" ", "_").replace("-", "").replace("(", "").replace(")", "").replace(",", "")
         for key, title in ((TPR, "TPR@FAR=0.1%"), ("accuracy", "max accuracy")):
             f = f"heatmap_{slug}_{key.split('@')[0]}.png"
             (out / f).write_bytes(report.heatmap_png(m["grids"][key], m["variants"], f"{label}: {title} (LFW DevTest)"))
@@ -173,7 +173,7 @@ def write_report(work: Path, out: Path, settings: dict | None = None, times: dic
     (out / "summary.json").write_text(json.dumps(s, indent=1, default=str))
     for label, m in dev.items():
         if m:
-            slug = label.replace(" ", "_").replace("(", "").replace(")", "")
+            slug = label.replace(" ", "_").replace("(", "").replace(")", "").replace(",", "")
             (out / f"devtest_{slug}.json").write_text(json.dumps(
                 {k: m[k] for k in ("model", "variants", "grids", "n_pairs", "status_counts")}, indent=1))
     lines = ["# The mask network on LFW-SM DevTest and MFR2", "",
