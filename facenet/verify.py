@@ -188,9 +188,11 @@ class VariantEmbedder:
             return OK, None, dec.bgr
         if not face.faces:
             return "no_face", "no face to mask", None
-        res = self.masker.mask(dec.bgr, v.specs, variant_rng(self.seed, key, v.name), face.faces,
-                               draw=v.draw, geos=face.geos)
-        return (OK, None, res.image) if res.status == OK else (res.status, res.error, None)
+        rng = variant_rng(self.seed, key, v.name)
+        res = self.masker.mask(dec.bgr, v.specs, rng, face.faces, draw=v.draw, geos=face.geos)
+        if res.status != OK:
+            return res.status, res.error, None
+        return OK, None, self.masker.match_photo(dec, res.image, res.alpha, rng)
 
     def image_rows(self, key: str, data: bytes | None, read_error: str | None = None) -> list[dict[str, Any]]:
         """One image (encoded bytes, or why it could not be read) -> a row per variant."""

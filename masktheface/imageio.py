@@ -123,6 +123,7 @@ class DecodedImage:
     had_alpha: the source had an alpha channel or a transparency key.
     exif_rotated: an EXIF orientation other than 1 was applied.
     size:  (width, height) after orientation.
+    jpeg_quality: the libjpeg quality a JPEG was saved at (:func:`jpeg_quality`), else None.
     """
 
     bgr: np.ndarray
@@ -133,6 +134,7 @@ class DecodedImage:
     had_alpha: bool
     exif_rotated: bool
     size: tuple[int, int]
+    jpeg_quality: int | None = None
 
 
 # --------------------------------------------------------------------------- opening
@@ -354,7 +356,7 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS_DEFAULT) -> DecodedIm
             bgr, gray, is_gray, _ = arrays
             return DecodedImage(bgr=bgr, gray=gray, is_gray=is_gray, format="JPEG",
                                 mode="L" if is_gray else "RGB", had_alpha=False,
-                                exif_rotated=False, size=(w, h))
+                                exif_rotated=False, size=(w, h), jpeg_quality=jpeg_quality(data))
 
     im = _open(data)
     fmt = im.format or "unknown"
@@ -386,6 +388,7 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS_DEFAULT) -> DecodedIm
         bgr=bgr, gray=gray, is_gray=is_gray, format=fmt, mode=mode,
         had_alpha=had_alpha, exif_rotated=rotated,
         size=(int(bgr.shape[1]), int(bgr.shape[0])),
+        jpeg_quality=jpeg_quality(data) if fmt in ("JPEG", "MPO") else None,
     )
 
 
@@ -762,3 +765,51 @@ def output_for(decoded: DecodedImage, bgr: np.ndarray) -> np.ndarray:
 def is_image_name(name: str) -> bool:
     """True when a file name ends in one of IMAGE_EXTENSIONS (any case)."""
     return str(name).lower().endswith(IMAGE_EXTENSIONS)
+
+
+#: the JPEG standard's (Annex K) luminance quantisation table, which libjpeg scales by quality
+_STD_LUMA = (16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55,
+             14, 13, 16, 24, 40, 57, 69, 56, 14, 17, 22, 29, 51, 87, 80, 62,
+             18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+             49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99)
+
+
+def _ijg_table_sum(quality: int) -> int:
+    scale = 5000 // quality if quality < 50 else 200 - 2 * quality
+    return sum(min(max((v * scale + 50) // 100, 1), 255) for v in _STD_LUMA)
+
+
+_IJG_SUMS = {q: _ijg_table_sum(q) for q in range(1, 101)}
+
+
+def jpeg_quality(data: bytes) -> int | None:
+    """The libjpeg quality (1..100) a JPEG's luminance quantisation table matches best,
+    from a header walk; None when ``data`` is not a JPEG or has no 8-bit table 0.
+
+    Order-free: the table's sum is compared with the standard table scaled per quality, so
+    zigzag or natural order and custom tables of the same strength give the same answer."""
+    data = _as_bytes(data)
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    n, pos = len(data), 2
+    while pos + 4 <= n:
+        if data[pos] != 0xFF:
+            return None
+        code = data[pos + 1]
+        if code == 0xFF or code in (0x01, 0xD8) or 0xD0 <= code <= 0xD7:
+            pos += 1 if code == 0xFF else 2
+            continue
+        end = pos + 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+        if code == 0xDA or end > n:
+            return None
+        if code == 0xDB:  # DQT: one or more tables (Pq/Tq byte, then 64 or 128 bytes)
+            p = pos + 4
+            while p < end:
+                pq, tq = data[p] >> 4, data[p] & 15
+                size = 128 if pq else 64
+                if tq == 0 and not pq and p + 1 + size <= end:
+                    total = sum(data[p + 1:p + 1 + size])
+                    return min(_IJG_SUMS, key=lambda q: (abs(_IJG_SUMS[q] - total), -q))
+                p += 1 + size
+        pos = end
+    return None

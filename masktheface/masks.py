@@ -595,9 +595,12 @@ def _draw_n95(c: _Canvas, name: str) -> _Body:
     up_y, low_y = 612.0, 905.0
     up = np.array([_x_at_y(outline, up_y) + 34.0, up_y])
     low = np.array([_x_at_y(outline, low_y) + 30.0, low_y])
+    # the straps run back over the head and under the ears: seen from the front they pass
+    # behind the head where they reach the face's outline (jaw landmarks 0 and 4..5), so they
+    # end there instead of in the air beyond it
     left = [
-        _Strap(tuple(up), (8.0, 378.0), (0.0, 18.0), 26.0, _STRAP_TAN),
-        _Strap(tuple(low), (60.0, 872.0), (0.0, -6.0), 26.0, _STRAP_TAN),
+        _Strap(tuple(up), (112.0, 404.0), (-6.0, 14.0), 26.0, _STRAP_TAN),
+        _Strap(tuple(low), (212.0, 876.0), (0.0, -4.0), 26.0, _STRAP_TAN),
     ]
     body.straps = left + [_Strap(tuple(_mirror(np.array(s.start))), tuple(_mirror(np.array(s.end))),
                                  (-s.bend[0], s.bend[1]), s.width, s.colour) for s in left]

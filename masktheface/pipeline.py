@@ -300,6 +300,14 @@ class Masker:
             status, error = "mask_failed", "; ".join(sorted({r.error or r.status for r in results}))
         return MaskResult(out, alpha, tuple(results), status, error)
 
+    def match_photo(self, dec: DecodedImage, image: np.ndarray, alpha: np.ndarray,
+                    rng: np.random.Generator) -> np.ndarray:
+        """:meth:`mask`'s image given the source photo's JPEG artefacts (realism only; see
+        :func:`masktheface.realism.match_compression`); ``rng``: the variant's stream after
+        :meth:`mask` drew from it.  Every tool that renders a variant calls this after
+        :meth:`mask`, so the same seed, key and variant give the same pixels everywhere."""
+        return realism.match_compression(image, alpha, dec.jpeg_quality if self.config.realism else None, rng)
+
     # -- the whole per-image job -----------------------------------------------------------
     def process(self, data: bytes, key: str, variants: Sequence[Variant], *, seed: int = 0,
                 aligned: int | None = None, fmt: str = "jpg", quality: int = 95,
@@ -362,6 +370,7 @@ class Masker:
         else:
             res = self.mask(dec.bgr, variant.specs, rng, faces, draw=variant.draw, geos=geos)
             img, alpha, face_results, status, error = res.image, res.alpha, res.faces, res.status, res.error
+            img = self.match_photo(dec, img, alpha, rng)
         if status in ("no_face", "mask_failed") and variant.specs:
             # nothing honest to write: an unmasked image labelled "masked" would poison a data set
             return VariantOutput(variant.name, status, error, None, None, w, h, face_results, None, primary)

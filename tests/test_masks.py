@@ -366,3 +366,19 @@ def test_resolve_pack_textures(pack: M.MaskPack) -> None:
     assert T.resolve_texture(os.path.join(PACK, "textures", "check", "check_1.png")) is a
     with pytest.raises(ValueError, match="pack"):
         T.resolve_texture("check_99", pack)
+
+
+@pytest.mark.parametrize("name", ["N95", "N95_valve"])
+def test_n95_straps_end_at_the_face_outline(name: str) -> None:
+    """Head straps pass behind the head where they meet the face's outline: no strap pixel
+    lies beyond the jaw outline (landmarks 0..16) beside the cup's upper half, where they used
+    to end in the air."""
+    art = M.draw_builtin(name, "correct", 0.25)
+    a = art.bgra[..., 3]
+    vv, uu = np.mgrid[0:a.shape[0], 0:a.shape[1]]
+    x = art.origin[0] + uu / art.scale
+    y = art.origin[1] + vv / art.scale
+    jaw = CANONICAL_68[0:9].astype(np.float64)                       # left half of the outline
+    outline_x = np.interp(y, jaw[:, 1], jaw[:, 0])
+    beside = (y >= 380) & (y <= 760) & (x < outline_x - 6) & (x < 400)
+    assert a[beside].max() < 64, "a strap reaches beyond the face outline"

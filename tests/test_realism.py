@@ -107,3 +107,48 @@ def test_mask_takes_the_light_tint(real):
 
     w, c = mask_bgr(warm), mask_bgr(cool)
     assert w[2] - w[0] > c[2] - c[0] + 5          # redder under the warm light, bluer under the cool
+
+
+def test_jpeg_quality_is_read_from_the_header():
+    from masktheface.imageio import jpeg_quality
+    img = (np.random.default_rng(0).random((48, 48, 3)) * 255).astype(np.uint8)
+    for q in (10, 40, 75, 95, 100):
+        assert jpeg_quality(cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, q])[1].tobytes()) == q
+    assert jpeg_quality(cv2.imencode(".png", img)[1].tobytes()) is None
+    assert jpeg_quality(b"\xff\xd8\xff") is None and jpeg_quality(b"") is None
+
+
+def test_compression_matching_touches_only_the_mask_and_is_seeded():
+    rng = np.random.default_rng(1)
+    img = np.full((64, 80, 3), 150, np.uint8)
+    img[20:44, 24:56] = (rng.random((24, 32, 3)) * 255).astype(np.uint8)
+    alpha = np.zeros((64, 80), np.float32)
+    alpha[20:44, 24:56] = 1.0
+    a = realism.match_compression(img, alpha, 30, np.random.default_rng(3))
+    b = realism.match_compression(img, alpha, 30, np.random.default_rng(3))
+    assert np.array_equal(a, b) and not np.array_equal(a, img)
+    assert np.array_equal(a[alpha == 0], img[alpha == 0])           # nothing outside the mask changes
+    assert realism.match_compression(img, alpha, None) is img        # not a JPEG
+    assert realism.match_compression(img, alpha, 95) is img          # artefacts below the output's own
+
+
+@needs_data
+def test_masks_carry_the_photos_jpeg_blocking(real, clean):
+    """A photo saved at JPEG quality 30: the clean mask is smoother across the 8 px block
+    grid than the face around it; with realism the mask's blocking is of the face's order
+    (tools/realism_stats.blockiness, mask / visible face)."""
+    from masktheface.pipeline import Variant
+    from masktheface.realism import _luma
+    from tools.realism_stats import _face_skin, blockiness
+    bgr = cv2.imread(str(DATA / BUSH))
+    data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 30])[1].tobytes()
+    ratios = {}
+    for name, m in (("clean", clean), ("real", real)):
+        p = m.process(data, "bush.jpg", [Variant("s", (MaskSpec("surgical"),))], seed=2, fmt="png", keep_alpha=True)
+        o = p.outputs[0]
+        out = cv2.imdecode(np.frombuffer(o.image, np.uint8), cv2.IMREAD_COLOR)
+        core = cv2.erode((o.alpha > 0.95).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+        luma = _luma(out.astype(np.float32))
+        ratios[name] = blockiness(luma, core) / blockiness(luma, _face_skin(o.alpha, o.faces[0].landmarks))
+    # measured: clean 0.81, realism 1.25 (PNG output, so no blocking but the photo's own)
+    assert ratios["real"] - ratios["clean"] > 0.25 and 0.85 <= ratios["real"] <= 1.4, ratios

@@ -14,6 +14,8 @@ with status ok:
   their image counts;
 * detail ratio: robust high-pass level (1.4826 x MAD of luma minus its 1 px blur) inside
   the mask / the same on the visible skin;
+* blocking ratio: JPEG blocking (mean step across the 8 px grid / within blocks) inside the
+  mask / the same on the face left visible (1.0: the mask carries the photo's artefacts);
 * shadow ring: mean luma in a band 1..3 % of the face width outside the mask edge / the
   same 4..8 % out (1.0: no shadow; < 1: a darker ring);
 * fit: where the mask's top edge crosses the nose line, as a fraction of nasion (27) ->
@@ -55,6 +57,21 @@ def _edge_crossing(alpha: np.ndarray, p0: np.ndarray, p1: np.ndarray, first: boo
     return float(ts[idx[0] if first else idx[-1]])
 
 
+def blockiness(luma: np.ndarray, where: np.ndarray) -> float:
+    """JPEG blocking: mean |step| between neighbouring pixels across the 8 px block grid /
+    the same within blocks, over pixel pairs both inside ``where`` (1.0: no blocking)."""
+    f = luma.astype(np.float32)
+    across, within = [], []
+    for d, ok, axis in ((np.abs(np.diff(f, axis=1)), where[:, 1:] & where[:, :-1], 1),
+                        (np.abs(np.diff(f, axis=0)), where[1:] & where[:-1], 0)):
+        edge = (np.arange(d.shape[axis]) + 1) % 8 == 0
+        edge = edge[None, :] if axis == 1 else edge[:, None]
+        across.append(d[ok & edge])
+        within.append(d[ok & ~edge])
+    a, b = np.concatenate(across), np.concatenate(within)
+    return float(a.mean() / max(b.mean(), 1e-6)) if len(a) >= 20 and len(b) >= 20 else float("nan")
+
+
 def image_stats(bgr: np.ndarray, alpha: np.ndarray, lm: np.ndarray) -> dict | None:
     """uint8 (H,W,3) BGR, float (H,W) alpha in [0,1], float (68,2) landmarks -> figures."""
     face_w = float(np.linalg.norm(lm[16] - lm[0]))
@@ -79,8 +96,18 @@ def image_stats(bgr: np.ndarray, alpha: np.ndarray, lm: np.ndarray) -> dict | No
     return {
         "mask_lab": lab[core].mean(0).tolist(), "skin_lab": lab[skin].mean(0).tolist(),
         "detail_ratio": _highpass_sd(luma, core) / max(_highpass_sd(luma, skin), 1e-6),
+        "blocking_ratio": blockiness(luma, core) / max(blockiness(luma, _face_skin(alpha, lm)), 1e-6),
         "ring": ring, "top": top, "bottom": bottom,
     }
+
+
+def _face_skin(alpha: np.ndarray, lm: np.ndarray) -> np.ndarray:
+    """The face left visible: inside the jaw and brow outline, outside the mask (and its
+    soft edge)."""
+    hull = cv2.convexHull(np.round(np.vstack([lm[0:17], lm[17:27]])).astype(np.int32))
+    face = np.zeros(alpha.shape, np.uint8)
+    cv2.fillConvexPoly(face, hull, 1)
+    return (face > 0) & (cv2.dilate((alpha > 0.02).astype(np.uint8), np.ones((5, 5), np.uint8)) == 0)
 
 
 def folder_stats(folder: Path) -> dict:
@@ -134,12 +161,14 @@ def summarise(per_type: dict[str, list[dict]]) -> dict:
         return v[np.isfinite(v)]
 
     top, bottom, detail, ring = col("top"), col("bottom"), col("detail_ratio"), col("ring")
+    blocking = col("blocking_ratio")
     return {
         "images": len(rows), "types": {k: len(v) for k, v in per_type.items()},
         "brightness_corr": round(w_l / n_w, 3) if n_w else None,
         "chroma_corr": round(w_c / n_w, 3) if n_w else None,
         "detail_ratio_median": round(float(np.median(detail)), 3),
         "detail_ratio_iqr": [round(float(q), 3) for q in np.percentile(detail, [25, 75])],
+        "blocking_ratio_median": round(float(np.median(blocking)), 3) if len(blocking) else None,
         "ring_mean": round(float(ring.mean()), 4) if len(ring) else None,
         "top_mean": round(float(top.mean()), 3) if len(top) else None,
         "top_sd": round(float(top.std()), 3) if len(top) else None,
