@@ -38,11 +38,22 @@ PACK = DATA / "masktheface_templates" / "masks"
 VARIANT = [Variant("surgical_blue", (MaskSpec("surgical_blue"),))]
 
 
+_REF_MODELS: tuple = ()
+
+
+def _reference_models():
+    global _REF_MODELS
+    if not _REF_MODELS:
+        _REF_MODELS = (dlib.get_frontal_face_detector(),
+                       dlib.shape_predictor(model_path("shape_predictor_68_face_landmarks.dat")))
+    return _REF_MODELS
+
+
 def reference_pipeline(datas: list[bytes], write_to: list[str] | None = None) -> list[list[tuple]]:
     """The original's way; returns the boxes it found per image.  ``write_to``: a path per
-    image to write the result to (cv2.imwrite, as the original does); else it is only encoded."""
-    det = dlib.get_frontal_face_detector()
-    sp = dlib.shape_predictor(model_path("shape_predictor_68_face_landmarks.dat"))
+    image to write the result to (cv2.imwrite, as the original does); else it is only encoded.
+    The models are loaded once per process, as the original loads them once per run."""
+    det, sp = _reference_models()
     anchors = np.array([[21, 97], [307, 22], [600, 99], [25, 322], [295, 470], [600, 323]], np.float64)
     found = []
     for i, data in enumerate(datas):
