@@ -599,7 +599,7 @@ def _draw_n95(c: _Canvas, name: str) -> _Body:
     # behind the head where they reach the face's outline (jaw landmarks 0 and 4..5), so they
     # end there instead of in the air beyond it
     left = [
-        _Strap(tuple(up), (112.0, 404.0), (-6.0, 14.0), 26.0, _STRAP_TAN),
+        _Strap(tuple(up), (114.0, 430.0), (-6.0, 12.0), 26.0, _STRAP_TAN),
         _Strap(tuple(low), (212.0, 876.0), (0.0, -4.0), 26.0, _STRAP_TAN),
     ]
     body.straps = left + [_Strap(tuple(_mirror(np.array(s.start))), tuple(_mirror(np.array(s.end))),
