@@ -407,6 +407,31 @@ def _check_pixels(fmt: str, w: int, h: int, max_pixels: int) -> None:
 _PLAIN_SOF = frozenset({0xC0, 0xC1, 0xC2})
 
 
+def _jpeg_segments(data: bytes):
+    """Yield (marker, start, end) of each header segment after SOI, up to and including the
+    first SOS (end = offset after the segment; it may lie beyond the data when the file is
+    cut); (-1, pos, pos) and stop where a marker must start but the byte is not 0xFF.
+    Fill bytes and markers without a length are stepped over.  The one header walk of this
+    module (fast-path check, scan start, quality estimate)."""
+    n, pos = len(data), 2
+    while pos + 4 <= n:
+        if data[pos] != 0xFF:
+            yield -1, pos, pos
+            return
+        code = data[pos + 1]
+        if code == 0xFF:  # fill byte before a marker
+            pos += 1
+            continue
+        if code in (0x01, 0xD8) or 0xD0 <= code <= 0xD7:  # markers without a length
+            pos += 2
+            continue
+        end = pos + 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+        yield code, pos, end
+        if code == 0xDA:
+            return
+        pos = end
+
+
 def _plain_jpeg(data: bytes) -> tuple[int, int, int, int] | None:
     """(width, height, components, scan offset) of a "plain" JPEG, else None.
 
@@ -416,20 +441,9 @@ def _plain_jpeg(data: bytes) -> tuple[int, int, int, int] | None:
     if not data.startswith(b"\xff\xd8\xff"):
         return None
     n = len(data)
-    pos = 2
     sof = None
-    while pos + 4 <= n:
-        if data[pos] != 0xFF:
-            return None
-        code = data[pos + 1]
-        if code == 0xFF:
-            pos += 1
-            continue
-        if code in (0x01, 0xD8) or 0xD0 <= code <= 0xD7:
-            pos += 2
-            continue
-        end = pos + 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
-        if end > n:
+    for code, pos, end in _jpeg_segments(data):
+        if code < 0 or end > n:
             return None
         if code == 0xDA:
             if sof is None:
@@ -448,7 +462,6 @@ def _plain_jpeg(data: bytes) -> tuple[int, int, int, int] | None:
             if ncomp not in (1, 3) or w == 0 or h == 0:  # h == 0: height given by DNL
                 return None
             sof = (w, h, ncomp)
-        pos = end
     return None
 
 
@@ -523,22 +536,11 @@ def _load(im: ImageFile.ImageFile, data: bytes, fmt: str, w: int, h: int) -> Non
 
 def _jpeg_scan_start(data: bytes) -> int:
     """Offset just after the first SOS segment; -1 if the data ends first, -2 if malformed."""
-    n = len(data)
-    pos = 2  # after SOI
-    while pos + 4 <= n:
-        if data[pos] != 0xFF:
+    for code, _, end in _jpeg_segments(data):
+        if code < 0:
             return -2
-        code = data[pos + 1]
-        if code == 0xFF:  # fill byte before a marker
-            pos += 1
-            continue
-        if code in (0x01, 0xD8) or 0xD0 <= code <= 0xD7:  # markers without a length
-            pos += 2
-            continue
-        end = pos + 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
         if code == 0xDA:
-            return end if end <= n else -1
-        pos = end
+            return end if end <= len(data) else -1
     return -1
 
 
@@ -791,16 +793,8 @@ def jpeg_quality(data: bytes) -> int | None:
     data = _as_bytes(data)
     if not data.startswith(b"\xff\xd8"):
         return None
-    n, pos = len(data), 2
-    while pos + 4 <= n:
-        if data[pos] != 0xFF:
-            return None
-        code = data[pos + 1]
-        if code == 0xFF or code in (0x01, 0xD8) or 0xD0 <= code <= 0xD7:
-            pos += 1 if code == 0xFF else 2
-            continue
-        end = pos + 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
-        if code == 0xDA or end > n:
+    for code, pos, end in _jpeg_segments(data):
+        if code < 0 or code == 0xDA or end > len(data):
             return None
         if code == 0xDB:  # DQT: one or more tables (Pq/Tq byte, then 64 or 128 bytes)
             p = pos + 4
@@ -811,5 +805,4 @@ def jpeg_quality(data: bytes) -> int | None:
                     total = sum(data[p + 1:p + 1 + size])
                     return min(_IJG_SUMS, key=lambda q: (abs(_IJG_SUMS[q] - total), -q))
                 p += 1 + size
-        pos = end
     return None
