@@ -150,12 +150,20 @@ def step_train(args, work: Path, which: str) -> float:
     cmd = ["--data", data, "--variants", variants, *online, *start,
            "--epochs", str(args.epochs), "--steps-per-epoch", str(steps // args.epochs),
            "--P", str(args.P), "--K", str(args.K),
-           "--mining", args.mining, "--margin", "0.2", "--seed", str(args.seed),
+           "--mining", args.mining, "--margin", "0.2", "--seed", str(train_seed(args)),
            "--val-holdout", str(args.val_holdout), "--val-pairs", "400", "--val-mask", "N95", "--jitter", "0.0",
            "--num-workers", str(args.workers), "--checkpoint-every", "25",
            "--exclude-identities", str(exclusion_file(work, Path(args.overlap))),
            "--output", str(work / "train"), "--name", name]
     return run("jobs.train_facenet", cmd, work / "logs" / f"train_{which}.log")
+
+
+def train_seed(args) -> int:
+    """The training seed (weights' start of the scratch row, P-K draws, held-out identities,
+    online masks): ``--train-seed``, else ``--seed``, which also fixes the data and the
+    evaluation's masks.  Varying only ``--train-seed`` repeats the training on the same data
+    and scores it on the same pairs and masks."""
+    return args.seed if args.train_seed is None else args.train_seed
 
 
 def step_eval(args, work: Path, model: str, label: str) -> float:
@@ -208,7 +216,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--trainable", default="head", choices=("head", "all"))
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--per-identity", type=int, default=12)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the data, the evaluation's masks and the training")
+    p.add_argument("--train-seed", type=int, default=None,
+                   help="the training's own seed (default: --seed); repeat a run with another to measure the spread")
     p.add_argument("--max-identities", type=int, default=0, help="at most N identities per source (0: all)")
     p.add_argument("--val-holdout", type=int, default=30, help="training identities held out for validation")
     p.add_argument("--limit-pairs", type=int, default=0,
