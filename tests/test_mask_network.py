@@ -38,6 +38,13 @@ def test_tiny_experiment_end_to_end(ray_session, data_dir, tmp_path):
     assert len(train_log["train"]["per_variant"]) == 7
     nomask = json.loads((tmp_path / "work" / "train" / "nomask_net" / "_summary.json").read_text())
     assert list(nomask["train"]["per_variant"]) == ["original"]
+    # the seed spread tool reads the same folders (here one run twice: no spread)
+    from tools import mask_network_seeds
+    spread = mask_network_seeds.main(["--runs", f"0={tmp_path / 'work'},1={tmp_path / 'work'}",
+                                      "--out", str(tmp_path / "seeds")])
+    line = spread["targets"]["mask net"]["lines"]["masked cells mean TPR@0.1%"]
+    assert line["sd"] == 0.0 and len(line["per_seed"]) == 2
+    assert "| mask net | masked cells mean TPR@0.1% | ≥ +15 |" in (tmp_path / "seeds" / "seeds.md").read_text()
 
 
 def test_report_targets_and_online_line():
