@@ -177,8 +177,9 @@ def primary_face(faces: Sequence[object], shape: tuple[int, ...],
       faces) where this rule picks the centred subject.
     * Ties go to the lower index (faces come sorted left to right).
     * A face the detector's face check rejected (``Face.plausible`` False) never qualifies,
-      whatever ``geos`` says, so every caller (masking, embedding, training records) skips
-      non-faces alike.
+      whatever ``geos`` says, nor does one whose landmark fit did not settle
+      (``Face.fit_error``), so every caller (masking, embedding, training records) skips
+      them alike.
 
     ``faces``: objects with a ``box`` attribute (:class:`masktheface.landmarks.Face`) or
     boxes (x0, y0, x1, y1, ...); ``shape``: the image's shape (H, W[, C]).
@@ -191,6 +192,8 @@ def primary_face(faces: Sequence[object], shape: tuple[int, ...],
         if geos is not None and geos[i].status != "ok":
             continue
         if getattr(f, "plausible", True) is False:  # the detector's face check said: not a face
+            continue
+        if getattr(f, "fit_error", None):  # its landmark fit did not settle
             continue
         x0, y0, x1, y1 = (float(v) for v in (getattr(f, "box", f))[:4])
         offset2 = ((x0 + x1) / 2 - w / 2) ** 2 + ((y0 + y1) / 2 - h / 2) ** 2

@@ -35,13 +35,20 @@ log = logging.getLogger(__name__)
 NOT_FACES = ("not_a_face",)
 
 
-def face_geometry(face: Face, shape: tuple[int, ...]) -> geometry.FaceGeometry:
-    """The face's geometry (:func:`masktheface.geometry.analyse`), with the detector's face
-    check folded in: a detection that failed it gets status "not_a_face" and never wins
-    :func:`primary_face` or gets a mask."""
-    geo = geometry.analyse(face.landmarks, shape)
+def face_geometry(face: Face, shape: tuple[int, ...], geo: geometry.FaceGeometry | None = None
+                  ) -> geometry.FaceGeometry:
+    """The face's geometry (:func:`masktheface.geometry.analyse`, or ``geo`` when already
+    analysed), with the detector's checks folded in: a detection that failed the face check
+    gets status "not_a_face", a landmark fit that did not settle (``Face.fit_error``)
+    "geometry_failed"; neither wins :func:`primary_face` nor gets a mask."""
+    if geo is None:
+        geo = geometry.analyse(face.landmarks, shape)
+    if geo.status != "ok":
+        return geo
     if not face.plausible:
         return replace(geo, status="not_a_face", error=face.check or "not a face")
+    if face.fit_error:
+        return replace(geo, status="geometry_failed", error=face.fit_error)
     return geo
 
 
@@ -53,6 +60,7 @@ class MaskerConfig:
     min_face: int = 20               # drop detections smaller than this (box side, px)
     min_score: float | None = None   # drop detections scoring below this (None: the detector's own)
     verify: bool = True              # face check on detections that are not sure (non-faces -> not_a_face)
+    refit: bool = True               # check each landmark fit by refitting (unsettled -> geometry_failed)
     max_pixels: int = 80_000_000     # refuse bigger images (decompression bombs)
     pack: str | None = None          # a MaskTheFace-format template pack folder
     shading: float = 0.6             # strength of the face-matched local shading (0 = off)
@@ -163,7 +171,8 @@ class Masker:
     def __init__(self, config: MaskerConfig = MaskerConfig(), analyzer: FaceAnalyzer | None = None) -> None:
         self.config = config
         self.analyzer = analyzer or FaceAnalyzer(config.detector, config.upsample, config.max_detect_side,
-                                                 config.min_face, config.min_score, config.verify)
+                                                 config.min_face, config.min_score, config.verify,
+                                                 config.refit)
         self.pack = None
         if config.pack:
             self.pack = load_pack(config.pack)
@@ -217,8 +226,7 @@ class Masker:
         into ``alpha`` (float32 (H,W)); failures become the FaceResult's status.  ``geo``:
         the face's geometry when already analysed; ``look``: the realism drawn for this
         face (:func:`masktheface.realism.draw_look`; CLEAN = none)."""
-        if geo is None:
-            geo = face_geometry(face, image.shape)
+        geo = face_geometry(face, image.shape, geo)
         box = tuple(float(v) for v in face.box)
 
         def result(status: str, error: str | None = None, coverage: float = 0.0) -> FaceResult:

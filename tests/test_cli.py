@@ -34,6 +34,8 @@ def tree(tmp_path: Path) -> tuple[Path, dict[str, str]]:
 
 @needs_data
 def test_folder_every_input_accounted_for(tree, tmp_path, capsys):
+    from badfiles import FACE_UNCERTAIN
+
     root, expected = tree
     out = tmp_path / "out"
     manifest = tmp_path / "m.csv"
@@ -48,7 +50,9 @@ def test_folder_every_input_accounted_for(tree, tmp_path, capsys):
     for name, exp in expected.items():
         r = names[name]
         if exp == "ok":
-            assert r["status"] in ("ok", "no_face"), (name, r)
+            # the 1-bit face: found or not, and its landmark fit may not settle
+            allowed = ("ok", "no_face", "mask_failed") if name in FACE_UNCERTAIN else ("ok", "no_face")
+            assert r["status"] in allowed, (name, r)
         else:
             assert r["status"] in ("decode_error", "too_large"), (name, r)
             assert r["error"], name

@@ -172,3 +172,52 @@ def test_only_non_faces_means_no_face_and_no_output():
 def test_masker_config_reaches_the_analyzer():
     m = Masker(MaskerConfig(min_face=33, min_score=0.25, verify=False))
     assert (m.analyzer.min_face, m.analyzer.min_score, m.analyzer.verify) == (33, 0.25, False)
+
+
+# -- the fit check: a misplaced box pulls the fit off the face (issue 10) -------------------
+def _moved(box, dy: float) -> tuple[float, float, float, float]:
+    x0, y0, x1, y1 = (float(v) for v in box[:4])
+    return (x0, y0 + dy * (y1 - y0), x1, y1 + dy * (y1 - y0))
+
+
+def _mouth_off(lm: np.ndarray, ref: np.ndarray) -> float:
+    from masktheface.landmarks import eye_distance
+    return float(np.linalg.norm(lm[48:68] - ref[48:68], axis=1).mean()) / eye_distance(ref)
+
+
+@needs_data
+def test_a_box_too_high_is_refitted_onto_the_mouth():
+    # Aaron_Tippin_0001: from a box 20 % of its height too high the plain fit puts the mouth
+    # points 1.2 eye distances off; one refit from the box its landmarks imply puts them back
+    rgb = _rgb(DATA / "lfw/lfw-deepfunneled/Aaron_Tippin/Aaron_Tippin_0001.jpg")
+    plain, checked = FaceAnalyzer(refit=False), FaceAnalyzer()
+    (det,) = plain.detections(rgb)
+    ref = plain.landmarks(rgb, det.box)
+    high = _moved(det.box, -0.2)
+    assert _mouth_off(plain.landmarks(rgb, high), ref) > 0.5
+    lm, refits, error = checked.fit(rgb, high)
+    assert error is None and refits >= 1
+    assert _mouth_off(lm, ref) < 0.1
+    # and through a supplied box, as a data set's own boxes would come
+    (face,) = checked.faces(rgb, boxes=[high])
+    assert face.refits >= 1 and face.fit_error is None and _mouth_off(face.landmarks, ref) < 0.1
+    # a well-placed box keeps its fit exactly (no refit)
+    lm0, refits0, error0 = checked.fit(rgb, det.box)
+    assert refits0 == 0 and error0 is None and np.array_equal(lm0, ref)
+
+
+def test_a_fit_that_does_not_settle_is_reported_and_not_masked():
+    rgb = np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)
+    lm, refits, error = FaceAnalyzer().fit(rgb, (40, 40, 160, 160))
+    assert refits == FaceAnalyzer.MAX_REFITS and "landmark fit unstable" in error
+    m = Masker()
+    (face,) = m.find_faces(rgb[..., ::-1].copy(), boxes=[(40, 40, 160, 160)])
+    assert face.fit_error
+    from masktheface.geometry import primary_face
+    assert primary_face([face], rgb.shape) is None
+    res = m.mask(rgb[..., ::-1].copy(), MaskSpec("surgical"), faces=[face])
+    assert res.n_masked == 0 and res.faces[0].status == "geometry_failed"
+    assert "landmark fit unstable" in res.faces[0].error
+    # unchecked, the same box is fitted and trusted
+    (raw,) = Masker(MaskerConfig(refit=False)).find_faces(rgb[..., ::-1].copy(), boxes=[(40, 40, 160, 160)])
+    assert raw.fit_error is None and raw.refits == 0

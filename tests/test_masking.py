@@ -87,16 +87,22 @@ def test_incorrect_wear(masker, placement, covered, uncovered):
 
 
 @needs_data
-@pytest.mark.parametrize("name,expected", [("two_people.jpg", 2),
-                                           ("knn_examples/test/obama_and_biden.jpg", 3),  # + a girl looking down
-                                           ("multiface.jpg", None)])
-def test_multi_face_photos(masker, name, expected):
+@pytest.mark.parametrize("name,expected,unsettled", [
+    ("two_people.jpg", 2, 0),
+    # + a girl looking down, her face half under her hair: no landmark fit settles there
+    # (refits keep moving it 0.10 eye distances), so she is reported, not masked
+    ("knn_examples/test/obama_and_biden.jpg", 3, 1),
+    ("multiface.jpg", None, 0)])
+def test_multi_face_photos(masker, name, expected, unsettled):
     bgr = cv2.imread(str(DATA / "photos" / name))
     res = masker.mask(bgr, (MaskSpec("N95"), MaskSpec("cloth")), np.random.default_rng(1))
     masked = [f for f in res.faces if f.status == "ok"]
     if expected is not None:
         assert len(res.faces) == expected
-    assert len(masked) == len(res.faces) >= 2
+    reported = [f for f in res.faces if f.status != "ok"]
+    assert len(reported) == unsettled
+    assert all(f.status == "geometry_failed" and "landmark fit unstable" in f.error for f in reported)
+    assert len(masked) >= 2
     for f in masked:
         _assert_fitted(res.alpha, f.landmarks, name)
 
