@@ -152,3 +152,19 @@ def test_masks_carry_the_photos_jpeg_blocking(real, clean):
         ratios[name] = blockiness(luma, core) / blockiness(luma, _face_skin(o.alpha, o.faces[0].landmarks))
     # measured: clean 0.81, realism 1.25 (PNG output, so no blocking but the photo's own)
     assert ratios["real"] - ratios["clean"] > 0.25 and 0.85 <= ratios["real"] <= 1.4, ratios
+
+
+def test_light_tint_follows_warm_light_but_not_a_ruddy_skin():
+    from masktheface.realism import SKIN_RATIO, light_tint
+
+    typical = SKIN_RATIO * 120.0
+    assert np.allclose(light_tint(typical), 1.0, atol=1e-3)
+    # warm light (blue-yellow): the tint takes it whole
+    warm = light_tint(typical * np.array([0.92, 1.0, 1.08]))
+    assert warm[0] < 0.93 and warm[2] > 1.07
+    # a ruddy face (less green than a typical skin, same light): a white mask must not turn
+    # pink, so only GREEN_MAGENTA_KEEP (0.35) of it is taken as light
+    ruddy = light_tint(typical * np.array([1.0, 0.9, 1.0]))
+    full = np.array([1.0, 0.9, 1.0]) / np.mean([1.0, 0.9, 1.0])
+    assert abs(ruddy[1] - 1.0) < 0.4 * abs(full[1] - 1.0)
+    assert ruddy[1] < 1.0 and ruddy[0] == pytest.approx(ruddy[2], abs=1e-3)
