@@ -257,6 +257,7 @@ class Masker:
         else:
             render.shade(warped, image, face.box, self.config.shading)
             realism.match_scene(warped.bgra, warped.x0, warped.y0, image, face.landmarks, look)
+            realism.hide_under_hair(warped.bgra, warped.x0, warped.y0, image, face.landmarks, look)
             realism.cast_shadow(image, warped.alpha, warped.x0, warped.y0, face.landmarks, look)
             render.composite(image, warped)
         render.paste_alpha(alpha, warped)

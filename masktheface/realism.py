@@ -31,6 +31,10 @@ the CLI's ``--clean``).  All work is done on the mask's region of interest.
   block grid at that quality plus :data:`QUALITY_OFFSET` and the grain the encoding took
   away is given back.  On 80 LFW images (quality 75): blocking inside the mask / on the
   visible face 0.93 -> 1.03, detail ratio 0.85 -> 0.86.
+* **Loops under hair** (:func:`hide_under_hair`): ear loops and head straps beyond the
+  face's outline fade out where the photo there does not look like the face's skin (hair
+  over the ear; also the background past the silhouette, where a loop turns behind the
+  head), and stay over the ear and cheek.
 * **Shadow ring** (:func:`cast_shadow`): a mask stands off the face; a thin soft shadow
   falls on the skin just outside its edge (more below, light from above), and the neck
   under the chin is darker.  Applied to the image before the mask is composited.
@@ -185,6 +189,63 @@ def match_scene(bgra: np.ndarray, x0: int, y0: int, image_bgr: np.ndarray, landm
         noise = cv2.GaussianBlur(noise, (0, 0), 0.6)
         noise *= missing / max(float(noise.std()), 1e-6)
         col += noise[..., None]
+
+
+#: loops and straps beyond the face outline (grown by this fraction of the face width) ...
+OUTLINE_MARGIN = 0.03
+#: ... stay where the photo there looks like the face's skin and fade out where it does not
+#: (hair over the ear): a pixel's CIE Lab distance from the visible skin, in units of the
+#: skin's own spread (per channel, floored), fully shown below SKIN_NEAR, hidden above SKIN_FAR
+SKIN_NEAR, SKIN_FAR = 2.5, 4.5
+
+
+def hide_under_hair(bgra: np.ndarray, x0: int, y0: int, image_bgr: np.ndarray, landmarks: np.ndarray,
+                    look: Look) -> float:
+    """Ear loops and head straps go *under* hair: the parts of a warped mask (float32 (h,w,4),
+    region top-left at (x0, y0)) beyond the face's outline are kept where the photo shows
+    skin there (the ear, the cheek) and faded out where it shows something else (hair over
+    the ear), in place.  The mask body never reaches past the outline, so only loops and
+    straps are touched.  Returns the share of the loop pixels hidden (0..1)."""
+    if look.clean or image_bgr.ndim != 3:
+        return 0.0
+    lm = np.asarray(landmarks, np.float32)
+    face_w = float(np.linalg.norm(lm[16] - lm[0]))
+    h, w = bgra.shape[:2]
+    if face_w < 16 or h < 2 or w < 2:
+        return 0.0
+    # the face: the jaw line closed over the brows, lifted by a third of the nose length
+    lift = 0.35 * (lm[30] - lm[27])
+    outline = np.vstack([lm[0:17], lm[26:16:-1] - lift]) - np.float32([x0, y0])
+    inside = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(inside, [np.round(outline * 4).astype(np.int32)], 1, cv2.LINE_8, 2)
+    grow = max(1, int(round(OUTLINE_MARGIN * face_w)))
+    inside = cv2.dilate(inside, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
+    alpha = bgra[..., 3]
+    loops = (alpha > 0.02) & (inside == 0)
+    n = int(loops.sum())
+    if n == 0:
+        return 0.0
+    sx0, sy0, sx1, sy1 = skin_region(lm, image_bgr.shape)
+    skin = image_bgr[sy0:sy1, sx0:sx1]
+    if skin.size < 36:
+        return 0.0
+    H, W = image_bgr.shape[:2]
+    rx0, ry0, rx1, ry1 = max(x0, 0), max(y0, 0), min(x0 + w, W), min(y0 + h, H)
+    if rx1 <= rx0 or ry1 <= ry0:
+        return 0.0
+    skin_lab = cv2.cvtColor(skin, cv2.COLOR_BGR2LAB).reshape(-1, 3).astype(np.float32)
+    med = np.median(skin_lab, 0)
+    spread = np.maximum(1.4826 * np.median(np.abs(skin_lab - med), 0), [6.0, 3.0, 3.0])
+    # a smoothed view of the photo: a loop's few pixels must not flicker with grain
+    under = cv2.GaussianBlur(image_bgr[ry0:ry1, rx0:rx1], (0, 0), max(0.8, 0.01 * face_w))
+    lab = cv2.cvtColor(under, cv2.COLOR_BGR2LAB).astype(np.float32)
+    d = np.sqrt((((lab - med) / spread) ** 2).sum(-1))
+    keep = np.ones((h, w), np.float32)
+    keep[ry0 - y0:ry1 - y0, rx0 - x0:rx1 - x0] = np.clip((SKIN_FAR - d) / (SKIN_FAR - SKIN_NEAR), 0.0, 1.0)
+    keep = np.where(inside > 0, 1.0, keep).astype(np.float32)
+    before = float(alpha[loops].sum())
+    alpha *= keep
+    return 1.0 - float(alpha[loops].sum()) / before if before > 0 else 0.0
 
 
 def cast_shadow(image_bgr: np.ndarray, alpha: np.ndarray, x0: int, y0: int, landmarks: np.ndarray,

@@ -168,3 +168,30 @@ def test_light_tint_follows_warm_light_but_not_a_ruddy_skin():
     full = np.array([1.0, 0.9, 1.0]) / np.mean([1.0, 0.9, 1.0])
     assert abs(ruddy[1] - 1.0) < 0.4 * abs(full[1] - 1.0)
     assert ruddy[1] < 1.0 and ruddy[0] == pytest.approx(ruddy[2], abs=1e-3)
+
+
+@needs_data
+def test_ear_loops_go_under_hair(real, clean):
+    # Bush, with everything beyond his face outline painted dark brown (hair over the ears)
+    # or painted his own skin colour: the loops past the outline vanish under the hair and
+    # stay on the skin; the clean look keeps them either way
+    bgr = cv2.imread(str(DATA / BUSH))
+    lm = real.find_faces(bgr)[0].landmarks
+    face = np.zeros(bgr.shape[:2], np.uint8)
+    lift = 0.35 * (lm[30] - lm[27])
+    cv2.fillPoly(face, [np.round(np.vstack([lm[0:17], lm[26:16:-1] - lift])).astype(np.int32)], 1)
+    # past the outline by more than the body's margin (realism.OUTLINE_MARGIN, 3 px here)
+    beyond = cv2.dilate(face, np.ones((9, 9), np.uint8)) == 0
+    x0, y0, x1, y1 = realism.skin_region(lm, bgr.shape)
+    skin_colour = np.median(bgr[y0:y1, x0:x1].reshape(-1, 3), 0)
+    hair, ears = bgr.copy(), bgr.copy()
+    hair[beyond] = (30, 45, 70)
+    ears[beyond] = skin_colour
+
+    def loops(m, img):
+        res = m.mask(img, MaskSpec("surgical"), np.random.default_rng(2), faces=m.find_faces(bgr))
+        return float(res.alpha[beyond].sum())
+
+    assert loops(clean, hair) > 5 and loops(clean, ears) > 5
+    assert loops(real, hair) < 0.1 * loops(clean, hair)
+    assert loops(real, ears) > 0.7 * loops(clean, ears)
