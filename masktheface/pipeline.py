@@ -243,7 +243,8 @@ class Masker:
             art_scale = quantise_scale(max(face_w / 800.0, MIN_ART_SCALE))
             kind, bgra, ref, scale = self._styled(spec, geo.view, art_scale)
             if kind == "mesh":
-                warped = render.warp_mesh(bgra, ref, scale, realism.vary_fit(face.landmarks, look), image.shape)
+                fitted = realism.vary_fit(face.landmarks, look)
+                warped = render.warp_mesh(bgra, ref, scale, fitted, image.shape)
                 # the bounds follow the type and placement (a chin mask is small on purpose)
                 lo, hi = _ratio_bounds(spec.mask_type, spec.placement)
                 area = render.check_warp(warped, render.landmark_box(face.landmarks), image.shape, lo, hi)
@@ -257,7 +258,8 @@ class Masker:
         else:
             render.shade(warped, image, face.box, self.config.shading)
             realism.match_scene(warped.bgra, warped.x0, warped.y0, image, face.landmarks, look)
-            realism.hide_under_hair(warped.bgra, warped.x0, warped.y0, image, face.landmarks, look)
+            realism.hide_under_hair(warped.bgra, warped.x0, warped.y0, image, face.landmarks, look,
+                                    fitted if kind == "mesh" else None)
             realism.cast_shadow(image, warped.alpha, warped.x0, warped.y0, face.landmarks, look)
             render.composite(image, warped)
         render.paste_alpha(alpha, warped)

@@ -7,7 +7,11 @@ the CLI's ``--clean``).  All work is done on the mask's region of interest.
 * **Fit variation** (:func:`vary_fit`): real masks ride at different heights and slightly
   askew.  The landmarks the art is warped onto are moved: everything above the mouth by a
   fraction of the nasion->nose-tip vector (top edge up or down), plus a small sideways
-  shift growing towards the top (asymmetry); the chin stays where it is.
+  shift growing towards the top (asymmetry); the chin stays where it is.  On a turned face
+  the far cheek's outline is pushed out (:func:`stand_off`): a mask stands off the face, so
+  its far edge sticks out past the cheek.  On 169 turned LFW faces (nose tip >= 0.12 face
+  widths off the jaw's middle) the share of a surgical mask beyond the jaw outline went
+  from 3.5 % to 9.1 %.
 * **Scene colour** (:func:`match_scene`): the mask takes the light's tint.  The face's mean
   colour divided by a typical skin's (measured on 150 LFW faces: B,G,R / mean = 0.773,
   0.936, 1.290) is the tint of the light on the face; the mask is multiplied by it (with a
@@ -89,11 +93,43 @@ def draw_look(rng: np.random.Generator, placement: str = "correct") -> Look:
                 shadow=float(rng.uniform(0.18, 0.32)), seed=int(rng.integers(2 ** 31)))
 
 
+#: a mask stands off the cheek: on a turned face its far edge sticks out past the cheek's
+#: outline by this fraction of the nose tip's sideways offset from the jaw's middle
+STANDOFF = 0.35
+#: how much of that each far-side jaw point takes (index 1..7 from the top of the jaw down
+#: to beside the chin, mirrored for the other side): most at the cheek, none at the chin
+_STANDOFF_WEIGHT = np.array([0.0, 0.25, 0.6, 0.9, 1.0, 0.85, 0.5, 0.15], np.float32)
+
+
+def stand_off(landmarks: np.ndarray) -> np.ndarray:
+    """float (68,2) -> float32 (68,2): on a turned face, the jaw points of the far cheek (the
+    side the nose tip has moved towards) pushed outwards along the eye line, so the mask's
+    far edge stands off the face past the cheek's outline as a real mask does.  A frontal
+    face keeps its landmarks (the push grows with the nose's offset)."""
+    lm = np.asarray(landmarks, np.float32).copy()
+    across = lm[16] - lm[0]
+    face_w = float(np.linalg.norm(across))
+    if face_w < 1e-3:
+        return lm
+    ex = across / face_w
+    offset = float((lm[30] - (lm[0] + lm[16]) / 2) @ ex)      # > 0: the nose points to side 16
+    push = STANDOFF * abs(offset)
+    if push < 0.5:
+        return lm
+    side = np.arange(16, 8, -1) if offset > 0 else np.arange(0, 8)
+    lm[side] += (np.sign(offset) * push * _STANDOFF_WEIGHT)[:, None] * ex
+    return lm
+
+
 def vary_fit(landmarks: np.ndarray, look: Look) -> np.ndarray:
-    """float (68,2) -> float32 (68,2) landmarks to warp the art onto: points above the mouth
-    moved by ``height`` along and ``skew`` across the nose vector, fading to nothing at
-    the mouth (the chin and the jaw below the mouth stay)."""
+    """float (68,2) -> float32 (68,2) landmarks to warp the art onto: the far cheek's outline
+    moved out (:func:`stand_off`), points above the mouth moved by ``height`` along and
+    ``skew`` across the nose vector, fading to nothing at the mouth (the chin and the jaw
+    below the mouth stay).  The clean look: the landmarks as they are."""
     lm = np.asarray(landmarks, np.float32)
+    if look.clean:
+        return lm
+    lm = stand_off(lm)
     if look.height == 0.0 and look.skew == 0.0:
         return lm
     nose = lm[30] - lm[27]
@@ -200,12 +236,14 @@ SKIN_NEAR, SKIN_FAR = 2.5, 4.5
 
 
 def hide_under_hair(bgra: np.ndarray, x0: int, y0: int, image_bgr: np.ndarray, landmarks: np.ndarray,
-                    look: Look) -> float:
+                    look: Look, outline_landmarks: np.ndarray | None = None) -> float:
     """Ear loops and head straps go *under* hair: the parts of a warped mask (float32 (h,w,4),
     region top-left at (x0, y0)) beyond the face's outline are kept where the photo shows
     skin there (the ear, the cheek) and faded out where it shows something else (hair over
     the ear), in place.  The mask body never reaches past the outline, so only loops and
-    straps are touched.  Returns the share of the loop pixels hidden (0..1)."""
+    straps are touched.  ``outline_landmarks``: where the art was warped to, when not
+    ``landmarks`` (:func:`vary_fit`: the outline the body reaches).  Returns the share of
+    the loop pixels hidden (0..1)."""
     if look.clean or image_bgr.ndim != 3:
         return 0.0
     lm = np.asarray(landmarks, np.float32)
@@ -214,8 +252,9 @@ def hide_under_hair(bgra: np.ndarray, x0: int, y0: int, image_bgr: np.ndarray, l
     if face_w < 16 or h < 2 or w < 2:
         return 0.0
     # the face: the jaw line closed over the brows, lifted by a third of the nose length
-    lift = 0.35 * (lm[30] - lm[27])
-    outline = np.vstack([lm[0:17], lm[26:16:-1] - lift]) - np.float32([x0, y0])
+    ol = lm if outline_landmarks is None else np.asarray(outline_landmarks, np.float32)
+    lift = 0.35 * (ol[30] - ol[27])
+    outline = np.vstack([ol[0:17], ol[26:16:-1] - lift]) - np.float32([x0, y0])
     inside = np.zeros((h, w), np.uint8)
     cv2.fillPoly(inside, [np.round(outline * 4).astype(np.int32)], 1, cv2.LINE_8, 2)
     grow = max(1, int(round(OUTLINE_MARGIN * face_w)))

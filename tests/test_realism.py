@@ -178,8 +178,9 @@ def test_ear_loops_go_under_hair(real, clean):
     bgr = cv2.imread(str(DATA / BUSH))
     lm = real.find_faces(bgr)[0].landmarks
     face = np.zeros(bgr.shape[:2], np.uint8)
-    lift = 0.35 * (lm[30] - lm[27])
-    cv2.fillPoly(face, [np.round(np.vstack([lm[0:17], lm[26:16:-1] - lift])).astype(np.int32)], 1)
+    ol = realism.stand_off(lm)                     # the outline the mask body reaches
+    lift = 0.35 * (ol[30] - ol[27])
+    cv2.fillPoly(face, [np.round(np.vstack([ol[0:17], ol[26:16:-1] - lift])).astype(np.int32)], 1)
     # past the outline by more than the body's margin (realism.OUTLINE_MARGIN, 3 px here)
     beyond = cv2.dilate(face, np.ones((9, 9), np.uint8)) == 0
     x0, y0, x1, y1 = realism.skin_region(lm, bgr.shape)
@@ -195,3 +196,16 @@ def test_ear_loops_go_under_hair(real, clean):
     assert loops(clean, hair) > 5 and loops(clean, ears) > 5
     assert loops(real, hair) < 0.1 * loops(clean, hair)
     assert loops(real, ears) > 0.7 * loops(clean, ears)
+
+
+def test_a_turned_face_s_mask_stands_off_the_far_cheek():
+    lm = CANONICAL_68.astype(np.float32) * 0.2
+    assert np.array_equal(realism.stand_off(lm), lm)          # frontal: nothing moves
+    turned = lm.copy()
+    turned[27:36, 0] += 0.12 * (lm[16, 0] - lm[0, 0])          # the nose towards side 16
+    out = realism.stand_off(turned)
+    moved = np.flatnonzero(np.abs(out - turned).sum(1) > 1e-4)
+    assert set(moved) <= set(range(9, 16)) and {11, 12, 13} <= set(moved)
+    assert (out[moved, 0] > turned[moved, 0]).all()             # outwards, past the outline
+    assert out[8].tolist() == turned[8].tolist()                # the chin stays
+    assert np.array_equal(realism.vary_fit(turned, realism.CLEAN), turned)
