@@ -476,9 +476,18 @@ def _draw_surgical(c: _Canvas, name: str) -> _Body:
         fold = ym + (ys - ym) * t
         d = Y - fold
         strength = 1.0 - 0.35 * t
-        shadow = 0.15 * _smoothstep(-2.0, 2.5, d) * np.exp(-np.maximum(d, 0) / 13.0)
+        # a pleat opened over the mouth and chin throws a softer, wider shadow than where
+        # it is stitched flat at the side
+        width = 13.0 + 9.0 * (1.0 - t) * (ym > 700.0)
+        shadow = 0.15 * _smoothstep(-2.0, 2.5, d) * np.exp(-np.maximum(d, 0) / width)
         light = 0.05 * np.exp(-((d + 16.0) / 12.0) ** 2)
         shade = shade * (1.0 - shadow * strength + light * strength)
+    # 3D: the opened pleats bulge over the mouth and chin (lit from the front and above) and
+    # the fabric turns away under the chin, darker towards its bottom edge
+    shade *= 1.0 + 0.05 * np.exp(-((X - _MID_X) / 230.0) ** 2 - ((Y - 800.0) / 130.0) ** 2)
+    xs = np.clip(X[0], outline[:, 0].min() + 1.0, outline[:, 0].max() - 1.0)
+    bottom = np.array([_y_at_x(outline, float(x), top=False) for x in xs], np.float32)[None, :]
+    shade *= 1.0 - 0.1 * _smoothstep(-70.0, 0.0, Y - bottom) * _clip01(1.0 - dx / 380.0)
     shade *= _fibre_noise(c, 0.012, seed=11, cell=5.0)
     c.paint(c.coverage(outline), base * shade[..., None], fabric=True)
 
