@@ -21,6 +21,8 @@ the CLI's ``--clean``).  All work is done on the mask's region of interest.
   ruddiest quarter of faces +2.7 -> +1.9 and on the rest -2.3 -> -1.0, its spread (sd)
   3.7 -> 1.8; on 160 LFW images, random types, chroma correlation 0.745 -> 0.717.
   Brightness already follows the face (:func:`masktheface.render.shade`).
+* **Creases** (:func:`crumple`): a worn mask is never flat; a smooth seeded shading field
+  (3.5 % sd) with darker lines where it folds, different on every face.
 * **Grain and blur** (:func:`match_scene`): fine detail inside the mask should match the
   skin.  The robust high-pass level (luma minus its 1 px Gaussian blur; 1.4826 x MAD, so
   lips and nostrils do not count) of the skin the mask covers and of the skin left
@@ -185,6 +187,29 @@ def light_tint(skin_mean_bgr: np.ndarray) -> np.ndarray:
     return np.clip(tint / tint.mean(), 0.9, 1.1).astype(np.float32)
 
 
+#: gentle creases of a worn mask: a smooth random shading field of this amplitude (sd) ...
+CRUMPLE = 0.035
+#: ... varying over about this many cells across the mask
+CRUMPLE_CELLS = 5
+
+
+def crumple(shape: tuple[int, int], look: Look) -> np.ndarray:
+    """float32 (h,w) shading multiplier around 1: a worn mask is never flat.  Smooth random
+    folds (a coarse Gaussian field, upsampled cubically, with a few sharper creases where it
+    crosses zero), seeded by the look, so every face's mask creases differently.  Low
+    frequency only: the fine detail (grain) is matched separately."""
+    h, w = shape
+    if look.clean or h < 4 or w < 4:
+        return np.ones((h, w), np.float32)
+    rng = np.random.default_rng([look.seed, 0x435255])
+    n = CRUMPLE_CELLS
+    coarse = rng.standard_normal((max(2, round(n * h / max(w, 1))) + 1, n + 1)).astype(np.float32)
+    field = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
+    field /= max(float(field.std()), 1e-6)
+    crease = np.exp(-(field / 0.25) ** 2)             # thin darker lines along the zero crossings
+    return (1.0 + CRUMPLE * (0.6 * field - 1.2 * (crease - crease.mean()))).astype(np.float32)
+
+
 def match_scene(bgra: np.ndarray, x0: int, y0: int, image_bgr: np.ndarray, landmarks: np.ndarray,
                 look: Look, fabric_alpha: float = 0.5) -> None:
     """Tint, blur and grain a warped mask (float32 (h,w,4) BGR + alpha in [0,1], region
@@ -203,6 +228,7 @@ def match_scene(bgra: np.ndarray, x0: int, y0: int, image_bgr: np.ndarray, landm
             col *= (1.0 + look.tint * (tint - 1.0)).astype(np.float32)
     if inside.sum() < 12:
         return
+    col *= crumple((h, w), look)[..., None]
     # the photo's own detail: the skin the mask is about to cover (same place, same camera),
     # and the skin left visible beside the nose: the mask must not look cleaner than either
     under = _luma(image_bgr[y0:y0 + h, x0:x0 + w].astype(np.float32))

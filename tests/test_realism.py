@@ -209,3 +209,15 @@ def test_a_turned_face_s_mask_stands_off_the_far_cheek():
     assert (out[moved, 0] > turned[moved, 0]).all()             # outwards, past the outline
     assert out[8].tolist() == turned[8].tolist()                # the chin stays
     assert np.array_equal(realism.vary_fit(turned, realism.CLEAN), turned)
+
+
+def test_creases_are_seeded_smooth_and_differ_per_face():
+    a = realism.Look(tint=0.6, grain=1.1, shadow=0.2, seed=5)
+    b = realism.Look(tint=0.6, grain=1.1, shadow=0.2, seed=6)
+    fa, fb = realism.crumple((90, 140), a), realism.crumple((90, 140), b)
+    assert np.array_equal(fa, realism.crumple((90, 140), a))          # seeded
+    assert not np.allclose(fa, fb)                                     # every face its own
+    assert abs(float(fa.mean()) - 1.0) < 0.02 and 0.01 < float(fa.std()) < 0.08
+    # low frequency: a 1 px blur barely changes it (the grain is matched separately)
+    assert np.abs(fa - cv2.GaussianBlur(fa, (0, 0), 1.0)).mean() < 0.005
+    assert np.array_equal(realism.crumple((90, 140), realism.CLEAN), np.ones((90, 140), np.float32))
