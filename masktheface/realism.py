@@ -303,13 +303,13 @@ def hide_under_hair(bgra: np.ndarray, x0: int, y0: int, image_bgr: np.ndarray, l
     spread = np.maximum(1.4826 * np.median(np.abs(skin_lab - med), 0), [6.0, 3.0, 3.0])
     # a smoothed view of the photo: a loop's few pixels must not flicker with grain
     under = cv2.GaussianBlur(image_bgr[ry0:ry1, rx0:rx1], (0, 0), max(0.8, 0.01 * face_w))
-    lab = cv2.cvtColor(under, cv2.COLOR_BGR2LAB).astype(np.float32)
-    d = np.sqrt((((lab - med) / spread) ** 2).sum(-1))
-    keep = np.ones((h, w), np.float32)
-    keep[ry0 - y0:ry1 - y0, rx0 - x0:rx1 - x0] = np.clip((SKIN_FAR - d) / (SKIN_FAR - SKIN_NEAR), 0.0, 1.0)
-    keep = np.where(inside > 0, 1.0, keep).astype(np.float32)
+    lab = cv2.cvtColor(under, cv2.COLOR_BGR2LAB)
+    ys, xs = np.nonzero(loops)
+    seen = (ys >= ry0 - y0) & (ys < ry1 - y0) & (xs >= rx0 - x0) & (xs < rx1 - x0)
+    ys, xs = ys[seen], xs[seen]                       # loop pixels off the image stay as they are
+    d = np.sqrt((((lab[ys - (ry0 - y0), xs - (rx0 - x0)].astype(np.float32) - med) / spread) ** 2).sum(-1))
     before = float(alpha[loops].sum())
-    alpha *= keep
+    alpha[ys, xs] *= np.clip((SKIN_FAR - d) / (SKIN_FAR - SKIN_NEAR), 0.0, 1.0)
     return 1.0 - float(alpha[loops].sum()) / before if before > 0 else 0.0
 
 
