@@ -485,8 +485,9 @@ def _draw_surgical(c: _Canvas, name: str) -> _Body:
     # 3D: the opened pleats bulge over the mouth and chin (lit from the front and above) and
     # the fabric turns away under the chin, darker towards its bottom edge
     shade *= 1.0 + 0.05 * np.exp(-((X - _MID_X) / 230.0) ** 2 - ((Y - 800.0) / 130.0) ** 2)
-    xs = np.clip(X[0], outline[:, 0].min() + 1.0, outline[:, 0].max() - 1.0)
-    bottom = np.array([_y_at_x(outline, float(x), top=False) for x in xs], np.float32)[None, :]
+    low = outline[outline[:, 1] > _MOUTH_Y]                  # the U of the sides and the chin
+    low = low[np.argsort(low[:, 0])]
+    bottom = np.interp(X[0], low[:, 0], low[:, 1]).astype(np.float32)[None, :]
     shade *= 1.0 - 0.1 * _smoothstep(-70.0, 0.0, Y - bottom) * _clip01(1.0 - dx / 380.0)
     shade *= _fibre_noise(c, 0.012, seed=11, cell=5.0)
     c.paint(c.coverage(outline), base * shade[..., None], fabric=True)
