@@ -316,6 +316,9 @@ class FaceAnalyzer:
     REFIT_SHIFT = 0.08
     #: ... at most this many times; a fit that has not settled by then is reported
     MAX_REFITS = 3
+    #: a fit moving at most this many pixels (mean) has settled whatever the face's size:
+    #: dlib's points are whole pixels, and on a 30 px face one pixel is 0.1 eye distances
+    SETTLED_PX = 1.0
 
     def implied_box(self, lm: np.ndarray) -> tuple[float, float, float, float]:
         """The HOG-convention box (x0, y0, x1, y1) that a good fit of these landmarks comes from."""
@@ -326,8 +329,10 @@ class FaceAnalyzer:
         cx, cy, half = c[0] + dx * eye, c[1] + dy * eye, side * eye / 2
         return (cx - half, cy - half, cx + half, cy + half)
 
-    def fit(self, rgb: np.ndarray, box: Sequence[float]) -> tuple[np.ndarray, int, str | None]:
-        """The 68-point fit from ``box``, checked: ``(landmarks, refits, error)``.
+    def fit(self, rgb: np.ndarray, box: Sequence[float], first: np.ndarray | None = None
+            ) -> tuple[np.ndarray, int, str | None]:
+        """The 68-point fit from ``box``, checked: ``(landmarks, refits, error)``; ``first``:
+        the plain fit from ``box`` when already at hand.
 
         The fit is redone from the box its landmarks imply (:meth:`implied_box`).  When
         that moves it by at most :attr:`REFIT_SHIFT` eye distances, the fit is kept as it is
@@ -341,20 +346,21 @@ class FaceAnalyzer:
         133 -> 26, 17 reported; 1.3x larger 16 -> 3; 15 % left 41 -> 3; 15 % down 132 -> 58
         (a box cutting the brows is the hardest).  Costs one extra fit (~2.5 ms) a face.
         """
-        lm = self.landmarks(rgb, box)
+        lm = self.landmarks(rgb, box) if first is None else np.asarray(first, np.float32)
         if not self.refit:
             return lm, 0, None
         shift = 0.0
         for i in range(self.MAX_REFITS + 1):
             nxt = self.landmarks(rgb, self.implied_box(lm))
-            shift = float(np.linalg.norm(nxt - lm, axis=1).mean()) / eye_distance(lm)
-            if shift <= self.REFIT_SHIFT:
+            moved = float(np.linalg.norm(nxt - lm, axis=1).mean())
+            shift = moved / eye_distance(lm)
+            if shift <= self.REFIT_SHIFT or moved <= self.SETTLED_PX:
                 return lm, i, None
             if i < self.MAX_REFITS:
                 lm = nxt
         return lm, self.MAX_REFITS, (f"landmark fit unstable: refitted {self.MAX_REFITS} times from the box its "
                                      f"landmarks imply, it still moves {shift:.2f} eye distances "
-                                     f"(settled fits move <= {self.REFIT_SHIFT})")
+                                     f"(settled fits move <= {self.REFIT_SHIFT} or {self.SETTLED_PX:g} px)")
 
     # -- the face check ----------------------------------------------------------------
     #: an aligned chip (see :meth:`chip_score`) scoring at least this is a face
@@ -453,10 +459,13 @@ class FaceAnalyzer:
             lim = np.array([w - 1, h - 1, w - 1, h - 1], np.float32)
             faces = []
             for d in self.detections(rgb, gray):
-                lm, refits, fit_error = self.fit(rgb, d.box)
+                first = self.landmarks(rgb, d.box)
+                lm, refits, fit_error = self.fit(rgb, d.box, first)
                 why = None
                 if self.verify and not d.score >= self.SURE_SCORE:
-                    why = self.check(rgb, d.box, lm, d.score, d.pass_)
+                    # is it a face: asked of the detector's own fit (the face check's figures
+                    # were measured on those); a refit only moves the points of a face
+                    why = self.check(rgb, d.box, first, d.score, d.pass_)
                 faces.append(Face(np.clip(d.box, 0, lim).astype(np.float32), lm, d.score, self.detector_name,
                                   d.pass_, why is None, why, refits, fit_error))
         faces.sort(key=lambda f: float(f.box[0]))
