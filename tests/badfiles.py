@@ -42,7 +42,8 @@ ODD_NAMES = ("a.b.c.jpg", "with space.jpg", "ünïcødé名前.jpg", "UPPER.JPG"
 
 #: decodes fine, contains no face
 NO_FACE = frozenset({"no_face.jpg"})
-#: decodes fine, a face detector may or may not find the (degraded) face
+#: decodes fine, a face detector may or may not find the (degraded) face, and its landmark
+#: fit may not settle (then it is reported, not masked)
 FACE_UNCERTAIN = frozenset({"1bit.png"})
 
 
