@@ -353,6 +353,34 @@ def test_rerun_resumes_without_duplicates_or_recomputation(runs, corpus):
 
 
 @pytest.mark.ray
+def test_clean_look_reaches_the_actors_and_the_fingerprint(lfw_images_dir, tmp_path):
+    """--clean: the actors' Masker draws the clean look (the same bytes as the library's
+    MaskerConfig(realism=False)); it enters the resume fingerprint only when on, so outputs
+    written before the flag still resume."""
+    from masktheface.pipeline import Masker, MaskerConfig, Variant
+    from masktheface.spec import MaskSpec
+
+    face = lfw_images_dir / "Aaron_Eckhart" / "Aaron_Eckhart_0001.jpg"
+    root = tmp_path / "in"
+    (root / "a").mkdir(parents=True)
+    shutil.copy(face, root / "a" / "f.jpg")
+    tbl = stages.read_files(stages.input_table([mds.InputItem("a/f.jpg", "a")], {}, {}, {}, str(root)),
+                            pafs.LocalFileSystem(), threads=1)
+    variants = mds.plan_variants("custom", ("original", "N95"))
+    rows = {}
+    for realism in (True, False):
+        mb = stages.MaskBatch(stages.MaskSettings(variants, 0, None, "png", 95, "t", {"realism": realism}))
+        rows[realism] = {r["variant"]: r for r in mb(tbl).to_pylist()}
+    assert rows[True]["original"]["image"] == rows[False]["original"]["image"]
+    assert rows[True]["N95"]["image"] != rows[False]["N95"]["image"]
+    lib = Masker(MaskerConfig(realism=False)).process(
+        face.read_bytes(), "a/f.jpg", [Variant("original"), Variant("N95", (MaskSpec("N95"),))], fmt="png")
+    assert lib.outputs[1].image == rows[False]["N95"]["image"]
+    base = ["--input", "x", "--output", "y"]
+    assert "realism" not in md.fingerprint(md.parse_args(base), variants)
+    assert md.fingerprint(md.parse_args(base + ["--clean"]), variants)["realism"] is False
+
+
 def test_refuses_to_mix_settings(runs):
     with pytest.raises(UsageError, match="other settings.*seed"):
         md.main(runs["common"][:-2] + ["--seed", "8"])
