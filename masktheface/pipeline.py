@@ -258,8 +258,10 @@ class Masker:
         else:
             render.shade(warped, image, face.box, self.config.shading)
             realism.match_scene(warped.bgra, warped.x0, warped.y0, image, face.landmarks, look)
-            realism.hide_under_hair(warped.bgra, warped.x0, warped.y0, image, face.landmarks, look,
-                                    fitted if kind == "mesh" else None)
+            if kind == "mesh":
+                # our own art: its body ends at the (stood-off) outline, so what lies past it
+                # is loops and straps; a pack's template may reach past it with its body
+                realism.hide_under_hair(warped.bgra, warped.x0, warped.y0, image, face.landmarks, look, fitted)
             realism.cast_shadow(image, warped.alpha, warped.x0, warped.y0, face.landmarks, look)
             render.composite(image, warped)
         render.paste_alpha(alpha, warped)

@@ -267,7 +267,8 @@ def hide_under_hair(bgra: np.ndarray, x0: int, y0: int, image_bgr: np.ndarray, l
     region top-left at (x0, y0)) beyond the face's outline are kept where the photo shows
     skin there (the ear, the cheek) and faded out where it shows something else (hair over
     the ear), in place.  The mask body never reaches past the outline, so only loops and
-    straps are touched.  ``outline_landmarks``: where the art was warped to, when not
+    straps are touched (built-in art only: a pack's template may reach past the outline
+    with its body).  ``outline_landmarks``: where the art was warped to, when not
     ``landmarks`` (:func:`vary_fit`: the outline the body reaches).  Returns the share of
     the loop pixels hidden (0..1)."""
     if look.clean or image_bgr.ndim != 3:
@@ -287,8 +288,7 @@ def hide_under_hair(bgra: np.ndarray, x0: int, y0: int, image_bgr: np.ndarray, l
     inside = cv2.dilate(inside, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
     alpha = bgra[..., 3]
     loops = (alpha > 0.02) & (inside == 0)
-    n = int(loops.sum())
-    if n == 0:
+    if not loops.any():
         return 0.0
     sx0, sy0, sx1, sy1 = skin_region(lm, image_bgr.shape)
     skin = image_bgr[sy0:sy1, sx0:sx1]
