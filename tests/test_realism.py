@@ -170,6 +170,31 @@ def test_light_tint_follows_warm_light_but_not_a_ruddy_skin():
     assert ruddy[1] < 1.0 and ruddy[0] == pytest.approx(ruddy[2], abs=1e-3)
 
 
+def test_light_tint_needs_the_scene_to_agree_along_blue_yellow():
+    from masktheface.realism import _BLUE_YELLOW, SCENE_BIAS, SKIN_RATIO, light_tint
+
+    pale = SKIN_RATIO * 120.0 * np.array([1.15, 1.0, 0.87])         # bluer than a typical skin
+    grey = np.exp(SCENE_BIAS * _BLUE_YELLOW) * 150.0                   # a scene with the usual lean
+    assert light_tint(pale)[0] > 1.05                                  # alone: read as cool light
+    assert np.allclose(light_tint(pale, grey), 1.0, atol=0.02)        # the scene says neutral
+    cool_scene = grey * np.array([1.1, 1.0, 0.9])
+    both = light_tint(pale, cool_scene)
+    assert 1.02 < both[0] < light_tint(pale)[0] + 1e-6                 # both cool: the smaller reading
+    warm_scene = grey * np.array([0.9, 1.0, 1.1])
+    assert light_tint(pale, warm_scene)[0] == pytest.approx(light_tint(pale, grey)[0], abs=1e-6)
+
+
+def test_scene_light_leaves_the_face_out():
+    from masktheface.realism import scene_light
+
+    img = np.full((200, 200, 3), 100, np.uint8)
+    img[50:150, 60:140] = (40, 80, 200)                               # an orange face
+    lm = np.stack(np.meshgrid(np.linspace(62, 138, 17), np.linspace(52, 148, 4)), -1).reshape(-1, 2)[:68]
+    assert np.allclose(scene_light(img, lm), 100, atol=1.0)
+    assert scene_light(img[..., 0], lm) is None
+    assert scene_light(img[45:155, 55:145], lm - [55, 45]) is None    # a tight crop: nothing left
+
+
 @needs_data
 def test_ear_loops_go_under_hair(real, clean):
     # Bush, with everything beyond his face outline painted dark brown (hair over the ears)
