@@ -27,7 +27,7 @@ import queue
 import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Sequence
 
 import cv2
@@ -99,7 +99,10 @@ class FaceRecords:
     unmasked images of one person share theirs); ``identities`` the names, indexed by label;
     ``landmarks`` float32 (N,68,2) of the unmasked face; ``variants`` and ``groups`` (the
     source image key, the same for an image and its masked twins); ``skipped`` counts of
-    what was left out and why (nothing is dropped silently)."""
+    what was left out and why (nothing is dropped silently); ``qualities`` the source
+    photo's JPEG quality per image where ``images`` holds a re-encoding of it (a
+    ``mask_dataset`` table's ``source_quality``), None where the bytes tell it themselves
+    (online masks are given the photo's compression at that quality)."""
 
     images: list[bytes]
     labels: np.ndarray
@@ -108,6 +111,14 @@ class FaceRecords:
     variants: list[str]
     groups: list[str]
     skipped: dict[str, int] = field(default_factory=dict)
+    qualities: list[int | None] | None = None
+
+    def quality(self, i: int) -> int | None:
+        """The source JPEG quality of record ``i`` when known apart from its bytes."""
+        return None if self.qualities is None else self.qualities[i]
+
+    def _qualities_at(self, index: Iterable[int]) -> list[int | None] | None:
+        return None if self.qualities is None else [self.qualities[i] for i in index]
 
     def __len__(self) -> int:
         return len(self.images)
@@ -124,7 +135,7 @@ class FaceRecords:
         return FaceRecords([self.images[i] for i in index], new.astype(np.int64),
                            [self.identities[u] for u in uniq], self.landmarks[index],
                            [self.variants[i] for i in index], [self.groups[i] for i in index],
-                           dict(self.skipped))
+                           dict(self.skipped), self._qualities_at(index))
 
     def without_identities(self, names: set[str] | frozenset[str], min_images: int = 2) -> "FaceRecords":
         """These records less every image of the named identities (counted in ``skipped``
@@ -134,7 +145,8 @@ class FaceRecords:
         skipped = dict(self.skipped)
         _count(skipped, "excluded_identity", len(ids) - len(keep))
         return build_records([self.images[i] for i in keep], [ids[i] for i in keep], self.landmarks[keep],
-                             [self.variants[i] for i in keep], [self.groups[i] for i in keep], skipped, min_images)
+                             [self.variants[i] for i in keep], [self.groups[i] for i in keep], skipped, min_images,
+                             self._qualities_at(keep))
 
     def split_identities(self, holdout: int, seed: int = 0) -> tuple["FaceRecords", "FaceRecords"]:
         """(train, held-out): ``holdout`` whole identities drawn with the seed go to the second."""
@@ -161,7 +173,8 @@ def _count(d: dict[str, int], reason: str, n: int = 1) -> None:
 
 def build_records(images: Sequence[bytes], identities: Sequence[str], landmarks: Sequence[Any],
                   variants: Sequence[str], groups: Sequence[str],
-                  skipped: dict[str, int] | None = None, min_images: int = 2) -> FaceRecords:
+                  skipped: dict[str, int] | None = None, min_images: int = 2,
+                  qualities: Sequence[int | None] | None = None) -> FaceRecords:
     """Assemble records from parallel lists; an identity with fewer than ``min_images``
     usable images cannot give a positive pair and is left out (counted)."""
     skipped = dict(skipped or {})
@@ -178,7 +191,8 @@ def build_records(images: Sequence[bytes], identities: Sequence[str], landmarks:
     for j, i in enumerate(idx):
         lms[j] = np.asarray(landmarks[i], np.float32).reshape(68, 2)
     return FaceRecords([images[i] for i in idx], np.array([label_of[identities[i]] for i in idx], np.int64),
-                       keep_names, lms, [variants[i] for i in idx], [groups[i] for i in idx], skipped)
+                       keep_names, lms, [variants[i] for i in idx], [groups[i] for i in idx], skipped,
+                       None if qualities is None else [qualities[i] for i in idx])
 
 
 def records_from_table(table, variants: Sequence[str] | None = None, *, min_images: int = 2) -> FaceRecords:
@@ -204,6 +218,8 @@ def records_from_table(table, variants: Sequence[str] | None = None, *, min_imag
     status = table.column(S.STATUS).to_pylist()
     img = table.column(S.IMAGE).to_pylist()
     lm = table.column(S.LANDMARKS).to_pylist()
+    # the source's JPEG quality (image is a re-encoding); absent from tables before it existed
+    qual = table.column(S.SOURCE_QUALITY).to_pylist() if S.SOURCE_QUALITY in cols else [None] * table.num_rows
     skipped: dict[str, int] = {}
     rows = []
     for i in range(table.num_rows):
@@ -218,7 +234,8 @@ def records_from_table(table, variants: Sequence[str] | None = None, *, min_imag
         else:
             rows.append(i)
     return build_records([img[i] for i in rows], [ident[i] for i in rows], [lm[i] for i in rows],
-                         [var[i] for i in rows], [key[i] for i in rows], skipped, min_images)
+                         [var[i] for i in rows], [key[i] for i in rows], skipped, min_images,
+                         [qual[i] for i in rows])
 
 
 #: where HOG finds the face in a 112 px ArcFace-aligned crop (median box on glint_subset, as
@@ -276,9 +293,10 @@ def records_from_folder(root: str, *, analyzer=None, max_per_identity: int | Non
 def concat_records(parts: Iterable[FaceRecords]) -> FaceRecords:
     """Several record sets -> one; identities with the same name are the same person."""
     parts = list(parts)
-    images, names, lms, variants, groups = [], [], [], [], []
+    images, names, lms, variants, groups, quals = [], [], [], [], [], []
     skipped: dict[str, int] = {}
     for p in parts:
+        quals += p.qualities if p.qualities is not None else [None] * len(p)
         images += p.images
         names += [p.identities[int(lbl)] for lbl in p.labels]
         lms += list(p.landmarks)
@@ -286,7 +304,8 @@ def concat_records(parts: Iterable[FaceRecords]) -> FaceRecords:
         groups += p.groups
         for k, v in p.skipped.items():
             _count(skipped, k, v)
-    return build_records(images, names, lms, variants, groups, skipped, min_images=1)
+    return build_records(images, names, lms, variants, groups, skipped, min_images=1,
+                         qualities=quals if any(q is not None for q in quals) else None)
 
 
 # ------------------------------------------------------------------------------------------
@@ -365,7 +384,10 @@ class SampleLoader:
             self.maskers_built += 1
         return m
 
-    def _maybe_mask(self, bgr: np.ndarray, lm: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def _maybe_mask(self, bgr: np.ndarray, lm: np.ndarray, rng: np.random.Generator,
+                    quality: int | None = None) -> np.ndarray:
+        """``quality``: the photo's JPEG quality; the mask then carries its compression, as
+        the data-set job's masks do (:meth:`masktheface.pipeline.Masker.match_quality`)."""
         from masktheface.spec import MaskSpec
         a = self.augment
         mask_type = str(rng.choice(a.mask_types))
@@ -374,6 +396,8 @@ class SampleLoader:
         try:
             faces = masker.find_faces(bgr, landmarks=[lm])
             res = masker.mask(bgr, MaskSpec(mask_type, placement=placement), rng, faces=faces)
+            if res.status == "ok":
+                res = replace(res, image=masker.match_quality(res.image, res.alpha, quality, rng))
         finally:
             self._idle_maskers.put(masker)
         with self._lock:
@@ -384,12 +408,14 @@ class SampleLoader:
         """Record ``i`` -> uint8 (S,S,3) RGB crop (augmented when ``train``)."""
         from masktheface.imageio import decode_image
         r = self.records
-        bgr = decode_image(r.images[i]).bgr
+        dec = decode_image(r.images[i])
+        bgr = dec.bgr
         lm = r.landmarks[i]
         rng = np.random.default_rng(item_seed(self.seed, epoch, i, r.groups[i]))
         a = self.augment
         if train and a.mask_prob > 0 and r.variants[i] == ORIGINAL and rng.random() < a.mask_prob:
-            bgr = self._maybe_mask(bgr, lm, rng)
+            q = r.quality(i)
+            bgr = self._maybe_mask(bgr, lm, rng, dec.jpeg_quality if q is None else q)
         crop = face_crop(bgr, lm, self.alignment, self.size)
         if train and a.jitter > 0:
             dx, dy = (rng.uniform(-a.jitter, a.jitter, 2) * self.size)

@@ -333,7 +333,7 @@ def variant_rows(res: "Processed", variants: Sequence["Variant"], base: Mapping[
             S.LANDMARKS: _flat(p.landmarks, 136) if p is not None else None,
             S.TILT_DEG: _finite(p.tilt_deg) if p is not None else None,
             S.VIEW: p.view if p is not None else None,
-            S.FACES: faces, S.SECONDS: float(res.seconds),
+            S.FACES: faces, S.SECONDS: float(res.seconds), S.SOURCE_QUALITY: res.source_quality,
         })
     return rows
 

@@ -43,14 +43,14 @@ __all__ = [
     "KEY", "IDENTITY", "SOURCE", "VARIANT", "MASKED", "MASK_TYPE", "COLOR", "TEXTURE",
     "PLACEMENT", "SEED", "STATUS", "ERROR", "IMAGE", "FORMAT", "ALIGNED", "ALIGNED_SIZE",
     "WIDTH", "HEIGHT", "FACE_COUNT", "MASKED_FACES", "FACES_FROM", "PRIMARY_FACE", "BOX",
-    "LANDMARKS", "TILT_DEG", "VIEW", "FACES", "SECONDS", "RUN_ID",
+    "LANDMARKS", "TILT_DEG", "VIEW", "FACES", "SECONDS", "RUN_ID", "SOURCE_QUALITY", "ADDED_IN",
     "ORIGINAL", "OK", "STATUSES", "ERROR_STATUSES", "FACES_FROM_VALUES",
     "arrow_schema", "face_type", "table_from_rows", "column_names", "columns_for", "validate_table",
     "is_data_file", "data_files", "read_table", "landmarks_68", "box_4", "markdown_table",
 ]
 
 #: version of the columns below; part of ``mask_dataset``'s resume fingerprint
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # -- column names ---------------------------------------------------------------------------
 KEY = "key"
@@ -82,6 +82,7 @@ VIEW = "view"
 FACES = "faces"
 SECONDS = "seconds"
 RUN_ID = "run_id"
+SOURCE_QUALITY = "source_quality"
 
 # -- values ---------------------------------------------------------------------------------
 #: the variant name of the unmasked image
@@ -176,14 +177,22 @@ COLUMNS: tuple[Column, ...] = (
            "every face: " + ", ".join(f"`{f.name}`" for f in FACE_FIELDS)),
     Column(SECONDS, lambda pa: pa.float32(), False, "float32", "processing time of the input (all variants)"),
     Column(RUN_ID, lambda pa: pa.string(), False, "string", "the run that wrote the row"),
+    Column(SOURCE_QUALITY, lambda pa: pa.int16(), True, "int16?",
+           "the input's JPEG quality (1..100), the libjpeg quality its quantisation table matches "
+           "best; None when it is not a JPEG. `image` is re-encoded at `--quality`, so "
+           "training's online masks take the photo's compression from here"),
 )
+
+#: columns added after the first version, with the version that added them: a reader asking
+#: for one gets nulls from an older data set (:func:`read_table`), never an error
+ADDED_IN: dict[str, int] = {SOURCE_QUALITY: 3}
 
 _BY_NAME = {c.name: c for c in COLUMNS}
 
 #: the columns each kind of reader needs (``columns_for``): read only these
 _PURPOSES: dict[str, tuple[str, ...]] = {
     "resume": (KEY, VARIANT, STATUS),
-    "train": (KEY, IDENTITY, VARIANT, STATUS, IMAGE, LANDMARKS),
+    "train": (KEY, IDENTITY, VARIANT, STATUS, IMAGE, LANDMARKS, SOURCE_QUALITY),
     "evaluate": (KEY, VARIANT, STATUS, IMAGE, ALIGNED, LANDMARKS),
     "export": (KEY, VARIANT, STATUS, FORMAT),
 }
@@ -287,6 +296,7 @@ def read_table(path: str, columns: Sequence[str] | None = None, *,
     with the contract's types: only ``columns`` (default all), rows matching ``filter``
     (a ``pyarrow.dataset`` expression, e.g. ``pads.field(S.STATUS) == S.OK``).  Without
     ``filesystem`` the path may be a local path or a URI pyarrow understands."""
+    import pyarrow as pa
     import pyarrow.dataset as pads
     import pyarrow.fs as pafs
 
@@ -300,7 +310,13 @@ def read_table(path: str, columns: Sequence[str] | None = None, *,
     if not files:
         return schema.empty_table()
     ds = pads.dataset(files, filesystem=filesystem, format="parquet")
-    return ds.to_table(columns=list(schema.names), filter=filter).cast(schema)
+    # a column added in a later version (ADDED_IN) reads as nulls from an older data set
+    absent = [n for n in schema.names if n in ADDED_IN and n not in ds.schema.names]
+    table = ds.to_table(columns=[n for n in schema.names if n not in absent], filter=filter)
+    for n in absent:
+        f = schema.field(n)
+        table = table.add_column(schema.get_field_index(n), f, pa.nulls(table.num_rows, f.type))
+    return table.cast(schema)
 
 
 # -- cells ----------------------------------------------------------------------------------

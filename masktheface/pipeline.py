@@ -152,6 +152,8 @@ class Processed:
     n_faces: int
     seconds: float
     primary: int | None = None
+    #: the input's JPEG quality (:func:`masktheface.imageio.jpeg_quality`), None if not a JPEG
+    source_quality: int | None = None
 
 
 #: smallest scale (px per canonical unit) built-in art is drawn at: a 50 px wide face
@@ -319,7 +321,13 @@ class Masker:
         :func:`masktheface.realism.match_compression`); ``rng``: the variant's stream after
         :meth:`mask` drew from it.  Every tool that renders a variant calls this after
         :meth:`mask`, so the same seed, key and variant give the same pixels everywhere."""
-        return realism.match_compression(image, alpha, dec.jpeg_quality if self.config.realism else None, rng)
+        return self.match_quality(image, alpha, dec.jpeg_quality, rng)
+
+    def match_quality(self, image: np.ndarray, alpha: np.ndarray, quality: int | None,
+                      rng: np.random.Generator) -> np.ndarray:
+        """:meth:`match_photo` for a photo whose JPEG ``quality`` is known apart from its
+        bytes (a data set's ``source_quality``: its ``image`` is a re-encoding)."""
+        return realism.match_compression(image, alpha, quality if self.config.realism else None, rng)
 
     # -- the whole per-image job -----------------------------------------------------------
     def process(self, data: bytes, key: str, variants: Sequence[Variant], *, seed: int = 0,
@@ -360,7 +368,7 @@ class Masker:
             status = "ok" if any(o.status == "ok" for o in outs) else outs[0].status if outs else "ok"
             errors = sorted({o.error for o in outs if o.error})
             return Processed(key, status, "; ".join(errors) or None, tuple(outs), len(faces),
-                             time.perf_counter() - t0, primary)
+                             time.perf_counter() - t0, primary, dec.jpeg_quality)
         except Exception as e:  # last line of defence: a bug becomes a row, not a dead job
             log.exception("processing %s failed", key)
             return failed("error", f"{type(e).__name__}: {e}")

@@ -78,6 +78,17 @@ def test_data_files_and_read_table(tmp_path):
     assert S.read_table(str(tmp_path / "absent"), [S.KEY]).num_rows == 0
 
 
+def test_a_column_added_later_reads_as_nulls_from_an_older_data_set(tmp_path):
+    rows = [_row(f"p{i}/{i}.jpg", "original") for i in range(3)]
+    old = S.table_from_rows(rows).drop_columns(list(S.ADDED_IN))    # as version 2 wrote it
+    pq.write_table(old, tmp_path / "part-old.parquet")
+    t = S.read_table(str(tmp_path), S.columns_for("train"))
+    assert t.schema.equals(S.arrow_schema(S.columns_for("train")))
+    assert t.column(S.SOURCE_QUALITY).to_pylist() == [None] * 3
+    assert S.read_table(str(tmp_path)).num_rows == 3
+    assert all(v > 2 for v in S.ADDED_IN.values()) and S.SCHEMA_VERSION >= max(S.ADDED_IN.values())
+
+
 def test_cell_helpers():
     lm = np.arange(136, dtype=np.float32)
     assert S.landmarks_68(lm.tolist()).shape == (68, 2) and S.landmarks_68(lm)[1, 0] == 2

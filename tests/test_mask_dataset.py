@@ -245,6 +245,9 @@ def test_mask_batch_without_ray(lfw_images_dir, tmp_path):
     np.testing.assert_allclose(by[("a/box.jpg", "N95")]["box"], box)
     miss = by[("a/missing.jpg", "cloth")]
     assert miss["status"] == "read_error" and miss["image"] is None and miss["faces"] == []
+    # the source's JPEG quality (LFW: 75) survives the re-encoding to PNG, for training's online masks
+    assert {r["source_quality"] for r in rows if r["key"] != "a/missing.jpg"} == {75}
+    assert miss["source_quality"] is None
     assert miss["mask_type"] == "cloth" and miss["width"] is None and miss["primary_face"] is None
 
 

@@ -69,6 +69,21 @@ def test_optimizers(name, cls):
     assert isinstance(ftrain.make_optimizer(lin.parameters(), TrainConfig(optimizer=name)), cls)
 
 
+def test_online_masks_carry_the_photos_compression(records):
+    """A data set's ``source_quality`` (its images are re-encodings) reaches the online masks:
+    at quality 20 the mask region shows its blocks, at 100 it is left alone; the eyes (no
+    mask there) are untouched either way."""
+    from dataclasses import replace
+
+    aug = fdata.AugmentConfig(mask_prob=1.0, flip=False, jitter=0.0)
+    low, high = (fdata.SampleLoader(replace(records, qualities=[q] * len(records)), "arcface", 112, aug,
+                                    seed=3).batch([0], epoch=0)[0] for q in (20, 100))
+    assert np.abs(low[:, 85:100, 40:72] - high[:, 85:100, 40:72]).mean() > 0.005   # the mask's mouth band
+    np.testing.assert_array_equal(low[:, 30:50], high[:, 30:50])                      # the eyes
+    sub = replace(records, qualities=list(range(len(records)))).subset([2, 0])
+    assert sub.qualities == [2, 0] and fdata.concat_records([sub, records]).qualities[:2] == [2, 0]
+
+
 def test_records_from_folder_counts_everything(records, small_glint):
     n_files = sum(len(os.listdir(small_glint / d)) for d in os.listdir(small_glint))
     assert len(records) + sum(records.skipped.values()) == n_files
