@@ -177,33 +177,34 @@ def skin_region(landmarks: np.ndarray, shape: tuple[int, ...]) -> tuple[int, int
 
 #: the scene's light estimate: the power mean of this order of the photo's pixels ("shades
 #: of grey": bright, near-neutral surfaces weigh most) ...
-SCENE_POWER = 6
-#: ... on a thumbnail of this many px (long side), the face's landmark box left out
+SCENE_POWER = 6   # (computed as three squares)
+#: ... over every k-th row and column, about this many on the long side, the face left out
 SCENE_SIDE = 96
 #: the scenes' own lean: on 995 LFW photos the estimate averages this much towards yellow
 #: along blue-yellow (walls, hair, skin-coloured clothes), subtracted before comparing
-SCENE_BIAS = 0.078
+SCENE_BIAS = 0.075
 
 
 def scene_light(image_bgr: np.ndarray, landmarks: np.ndarray) -> np.ndarray | None:
     """Mean B, G, R of the light as the photo around the face shows it: the order-6 power
-    mean of a 96 px thumbnail's pixels outside the face's landmark box (grown by a quarter).
-    None for a gray image or when too little is left (a tight crop)."""
+    mean of the photo's pixels (every k-th row and column, ~96 px on the long side) outside
+    the face's landmark box grown by a quarter.  None for a gray image or when too little
+    is left (a tight crop).  ~0.1 ms."""
     if image_bgr.ndim != 3 or image_bgr.shape[2] < 3:
         return None
     h, w = image_bgr.shape[:2]
-    k = min(1.0, SCENE_SIDE / float(max(h, w)))
-    size = (max(1, round(w * k)), max(1, round(h * k)))
-    th = cv2.resize(image_bgr[..., :3], size, interpolation=cv2.INTER_AREA) if k < 1 else image_bgr[..., :3]
-    lm = np.asarray(landmarks, np.float32) * k
+    k = max(1, -(-max(h, w) // SCENE_SIDE))
+    th = image_bgr[::k, ::k, :3]
+    lm = np.asarray(landmarks, np.float32) / k
     (x0, y0), (x1, y1) = lm.min(0), lm.max(0)
     gx, gy = 0.25 * (x1 - x0), 0.25 * (y1 - y0)
     keep = np.ones(th.shape[:2], bool)
     keep[max(int(y0 - gy), 0):max(int(np.ceil(y1 + gy)), 0), max(int(x0 - gx), 0):max(int(np.ceil(x1 + gx)), 0)] = False
-    px = th[keep].astype(np.float64)
+    px = th[keep].astype(np.float32) * np.float32(1.0 / 255.0)
     if len(px) < 64:
         return None
-    return (np.mean((px / 255.0) ** SCENE_POWER, 0) ** (1.0 / SCENE_POWER)) * 255.0
+    p2 = px * px
+    return (np.maximum((p2 * p2 * p2).mean(0), 1e-12) ** (1.0 / SCENE_POWER)).astype(np.float64) * 255.0
 
 
 def light_tint(skin_mean_bgr: np.ndarray, scene_bgr: np.ndarray | None = None) -> np.ndarray:
@@ -219,7 +220,7 @@ def light_tint(skin_mean_bgr: np.ndarray, scene_bgr: np.ndarray | None = None) -
     gave white masks a blue cast).  On 995 LFW faces the two readings correlate at only
     0.11 along blue-yellow (skin sd 0.13, scene sd 0.11): most of a face's departure is
     its own tone, not the light.  On 160 LFW images, random types (``tools/realism_stats.py``):
-    chroma correlation 0.766 -> 0.619; the astronaut's white masks lose their blue cast
+    chroma correlation 0.766 -> 0.616; the astronaut's white masks lose their blue cast
     (tint B, G, R 1.10, 0.95, 0.90 -> 1.01, 0.98, 1.01)."""
     m = np.asarray(skin_mean_bgr, np.float64)
     lt = np.log(m / m.mean() / SKIN_RATIO)
