@@ -206,6 +206,39 @@ def test_a_box_too_high_is_refitted_onto_the_mouth():
     assert refits0 == 0 and error0 is None and np.array_equal(lm0, ref)
 
 
+@needs_data
+def test_a_supplied_box_cutting_the_brows_is_snapped_to_the_detectors_box():
+    # AJ_Lamas_0001: from a box 15 % of its height too low the refits settle on a fit that is
+    # wrong and stable (mouth 0.9 eye distances off); a supplied box is snapped to HOG's box
+    # around it instead, and its fit is the detector's again
+    rgb = _rgb(DATA / "lfw/lfw-deepfunneled/AJ_Lamas/AJ_Lamas_0001.jpg")
+    checked = FaceAnalyzer()
+    (det,) = checked.detections(rgb)
+    ref = checked.landmarks(rgb, det.box)
+    low = _moved(det.box, 0.15)
+    lm, refits, error = checked.fit(rgb, low)
+    assert error is None and _mouth_off(lm, ref) > 0.5          # the detected-box path: stuck
+    snapped = checked.snap(rgb, low)
+    assert snapped is not None and box_iou(snapped, det.box) > 0.8
+    (face,) = checked.faces(rgb, boxes=[low])                   # the supplied-box path snaps
+    assert face.fit_error is None and face.refits >= 1 and _mouth_off(face.landmarks, ref) < 0.05
+    assert np.allclose(face.box, low)                           # the face keeps the box it was given
+
+
+@needs_data
+def test_snapping_finds_the_face_inside_the_box_among_several():
+    rgb = _rgb(DATA / "photos/knn_examples/test/obama_and_biden.jpg")
+    fa = FaceAnalyzer()
+    dets = fa.detections(rgb)
+    assert len(dets) == 3
+    for i, d in enumerate(dets):
+        snapped = fa.snap(rgb, _moved(d.box, 0.15))
+        ious = [box_iou(snapped, e.box) for e in dets]
+        assert int(np.argmax(ious)) == i and ious[i] > 0.6
+    noise = np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)
+    assert fa.snap(noise, (40, 40, 160, 160)) is None            # nothing there: no snap
+
+
 def test_a_fit_that_does_not_settle_is_reported_and_not_masked():
     rgb = np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)
     lm, refits, error = FaceAnalyzer().fit(rgb, (40, 40, 160, 160))
