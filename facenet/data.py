@@ -316,13 +316,17 @@ def concat_records(parts: Iterable[FaceRecords]) -> FaceRecords:
 class AugmentConfig:
     """``mask_prob``: chance that an unmasked record gets a simulated mask while loading
     (0 = off); ``mask_types``/``placements`` to draw from; ``flip``: horizontal flips half
-    the time; ``jitter``: random shift of the crop, as a fraction of its side."""
+    the time; ``jitter``: random shift of the crop, as a fraction of its side; ``clean``:
+    online masks in the clean look (``MaskerConfig(realism=False)``: no scene tint, grain,
+    JPEG matching, shadow, creases or fit variation), e.g. to measure what realism does to
+    training."""
 
     mask_prob: float = 0.0
     mask_types: tuple[str, ...] = ("surgical", "surgical_blue", "surgical_green", "N95", "KN95", "cloth")
     placements: tuple[str, ...] = ("correct",)
     flip: bool = True
     jitter: float = 0.0
+    clean: bool = False
 
 
 def item_seed(seed: int, epoch: int, index: int, key: str) -> list[int]:
@@ -374,13 +378,14 @@ class SampleLoader:
             return self._idle_maskers.get_nowait()
         except queue.Empty:
             pass
-        from masktheface.pipeline import Masker
+        from masktheface.pipeline import Masker, MaskerConfig
+        config = MaskerConfig(realism=not self.augment.clean)
         with self._lock:  # threads starting together load dlib's predictor once, not once each
             if self._analyzer is None:
-                m = Masker()
+                m = Masker(config)
                 self._analyzer = m.analyzer
             else:
-                m = Masker(analyzer=self._analyzer)
+                m = Masker(config, analyzer=self._analyzer)
             self.maskers_built += 1
         return m
 

@@ -121,7 +121,7 @@ def step_data(args, work: Path) -> dict[str, float]:
             continue
         argv = ["--input", str(root), "--files", str(files), "--output", str(dst), "--recipe", "custom",
                 "--variants", ",".join(("original",) + MASKS), "--per-identity", str(args.per_identity),
-                "--seed", str(args.seed), "--no-progress-bars"]
+                "--seed", str(args.seed), "--no-progress-bars", *(["--clean"] if args.clean else [])]
         times[f"mask_{name}"] = run("jobs.mask_dataset", argv, work / "logs" / f"mask_{name}.log")
     return times
 
@@ -137,8 +137,8 @@ def step_train(args, work: Path, which: str) -> float:
         return 0.0
     data = ",".join(str(work / "data" / s) for s in ("lfw", "celeba", "glint"))
     variants = ",".join(("original",) + MASKS) if which == "mask" else "original"
-    online = (["--mask-prob", str(args.mask_prob), "--mask-types", ",".join(MASKS)]
-              if which.startswith("online") else [])
+    online = (["--mask-prob", str(args.mask_prob), "--mask-types", ",".join(MASKS),
+               *(["--clean-masks"] if args.clean else [])] if which.startswith("online") else [])
     if which.endswith("_scratch"):
         start = ["--model", "mobilefacenet", "--no-pretrained", "--trainable", "all", "--optimizer", "adam",
                  "--lr", str(args.scratch_lr), "--schedule", "cosine", "--warmup-steps", "20"]
@@ -233,6 +233,10 @@ def main(argv: list[str] | None = None) -> dict:
                         "loading), all fine-tuned from dlib's network; nomask_scratch, online_scratch (MobileFaceNet "
                         "from random weights)")
     p.add_argument("--mask-prob", type=float, default=0.5, help="online network: chance of a mask per image")
+    p.add_argument("--clean", action="store_true",
+                   help="train on masks in the clean look (no realism effects: the data sets' variants and the "
+                        "online masks); the evaluation's masks keep the default look. With --reuse of a default "
+                        "run, this measures what realism does to training and to the gap to real masks (MFR2)")
     p.add_argument("--dlib-model", default="dlib", choices=("dlib", "dlib-torch"),
                    help="the untouched network's row: dlib itself, or its PyTorch conversion (same embeddings to "
                         "5e-7, about twice as fast on CPU)")
