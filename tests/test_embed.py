@@ -146,6 +146,14 @@ def test_prealigned_mfr2(mfr2_dir):
     # the unmasked same-person pair is the closest (the masked crop is what the no-mask
     # network gets wrong, as in the paper; it is only checked for being finite)
     assert d(0, 1) < min(d(0, 3), d(1, 3))
+    # the masked crop: the fit check refits it (its real mask hides the mouth and jaw), and
+    # recognition aligns with the detector's plain fit instead (Face.align_landmarks)
+    rgb = cv2.cvtColor(imgs[2], cv2.COLOR_BGR2RGB)
+    (face,) = emb.analyzer.faces(rgb)
+    assert face.refits >= 1 and np.abs(face.first_fit - face.landmarks).mean() > 2
+    lm, method = emb.aligned_landmarks(rgb)
+    assert method == "aligned_detected"
+    np.testing.assert_array_equal(lm, face.first_fit)
     # no detection, landmarks in the layout box: plausible on these crops
     nodet = DlibEmbedder(prealigned=True, prealigned_detect=False, analyzer=emb.analyzer)
     assert set(nodet.embed_with_status(imgs).method) == {"aligned_landmarks"}
