@@ -217,12 +217,11 @@ class DlibEmbedder:
         """Landmarks of the primary face of a whole image: (lm, "detected"), the fallback box
         (lm, "centre_box") or (None, "").  The primary face is the library's one rule
         (:func:`masktheface.geometry.primary_face`: usable geometry, largest and most
-        central), the same face the data-set job crops and the masker masks; aligned with
-        its plain fit (``Face.align_landmarks``)."""
+        central), the same face and landmarks the data-set job crops and the masker masks."""
         faces = self.analyzer.faces(rgb)
         i = primary_face(faces, rgb.shape, [analyse(f.landmarks, rgb.shape) for f in faces])
         if i is not None:
-            return faces[i].align_landmarks, "detected"
+            return faces[i].landmarks, "detected"
         if self.fallback_box is not None:
             h, w = rgb.shape[:2]
             b = np.asarray(self.fallback_box, np.float64) * np.array([w, h, w, h])

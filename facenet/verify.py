@@ -154,7 +154,7 @@ class VariantEmbedder:
         geos = [analyse(f.landmarks, bgr.shape) for f in faces]
         i = primary_face(faces, bgr.shape, geos)
         if i is not None:
-            return FaceChoice(faces[i].align_landmarks, faces, geos, "detected")
+            return FaceChoice(faces[i].landmarks, faces, geos, "detected")
         if self.fallback_box is not None:
             h, w = bgr.shape[:2]
             faces = self.masker.find_faces(bgr, boxes=[np.asarray(self.fallback_box) * [w, h, w, h]])
