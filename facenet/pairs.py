@@ -85,18 +85,22 @@ def read_pairs(
     image_ext: str | None = None,
     layout: Layout = "auto",
     n_folds: int = 10,
+    text: str | None = None,
 ) -> list[Pair]:
     """Read a pairs file into :class:`Pair` objects in file order.
 
     ``image_ext`` is e.g. ``".jpg"`` or ``"png"`` (default by layout);
     ``n_folds`` applies only to the headerless ``"mfr2"`` layout.  See the
-    module docstring for the formats and how folds are assigned.
+    module docstring for the formats and how folds are assigned.  ``text``: the
+    file's contents, already read (e.g. from object storage); ``path`` then only
+    names it in messages.
     """
-    path = Path(path)
     if layout not in ("auto", "lfw", "mfr2"):
         raise ValueError(f"layout must be 'auto', 'lfw' or 'mfr2', got {layout!r}")
+    if text is None:
+        text = Path(path).read_text()
+    path = str(path)
     # (line number, tokens) of non-blank lines; line numbers are 1-based for messages.
-    text = path.read_text()
     lines = [(no, line.split()) for no, line in enumerate(text.splitlines(), 1) if line.strip()]
     if not lines:
         raise ValueError(f"{path}: no pairs in file")

@@ -50,7 +50,7 @@ SMOKE_PAIRS = 40
 class EvaluateConfig:
     """Verification metrics of a face embedder on a pairs file, masks on either side."""
 
-    pairs: str | None = option(None, "pairs file (LFW pairs.txt layout, or MFR2's headerless one)",
+    pairs: str | None = option(None, "pairs file (LFW pairs.txt layout, or MFR2's headerless one; local or s3://)",
                                none_means="required, except with --smoke-test")
     images: str | None = option(None, "image root folder/prefix (local or s3://), or a masked data set "
                                 "of jobs.mask_dataset (Parquet)", none_means="required, except with --smoke-test")
@@ -130,11 +130,14 @@ def load_pairs(cfg: EvaluateConfig) -> tuple[list, np.ndarray, np.ndarray]:
 
     assert cfg.pairs is not None
     try:
-        pairs = read_pairs(cfg.pairs)
+        text = None if storage.is_local(cfg.pairs) else storage.read_bytes(cfg.pairs).decode("utf-8")
+        pairs = read_pairs(cfg.pairs, text=text)
     except FileNotFoundError:
         raise UsageError(f"--pairs {cfg.pairs}: file not found") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise UsageError(f"--pairs {cfg.pairs}: not a pairs file: {e}") from None
+    except OSError as e:  # storage: no such bucket, no access
+        raise UsageError(f"--pairs {cfg.pairs}: cannot be read: {e}") from None
     one_set = len({p.fold for p in pairs}) == 1  # View 1's DevTest: one set, no folds of its own
     if cfg.folds:
         pairs = [p for p in pairs if p.fold in set(cfg.folds)]

@@ -354,3 +354,19 @@ def test_smoke_test_fills_its_data(tmp_path, monkeypatch):
     assert cfg.pairs == str(lfw / "pairs.txt") and cfg.images == str(lfw / "lfw-deepfunneled")
     assert cfg.limit_pairs == ev.SMOKE_PAIRS and cfg.variants == ("original", "N95")
     assert cfg.output == str(tmp_path / "o")
+
+
+@pytest.mark.s3
+def test_pairs_file_on_s3(lfw_dir, s3_bucket, s3_env):
+    """--pairs may live in object storage beside the images, as a cluster's data does."""
+    from jobs import storage
+
+    uri = storage.join_uri(s3_bucket, "lfw", "pairsDevTest.txt")
+    storage.write_bytes(uri, (lfw_dir / "pairsDevTest.txt").read_bytes())
+    remote = ev.load_pairs(_cfg(pairs=uri, limit_pairs=50))
+    local = ev.load_pairs(_cfg(pairs=str(lfw_dir / "pairsDevTest.txt"), limit_pairs=50))
+    assert remote[0] == local[0] and (remote[1] == local[1]).all() and (remote[2] == local[2]).all()
+    with pytest.raises(UsageError, match="file not found"):
+        ev.load_pairs(_cfg(pairs=storage.join_uri(s3_bucket, "missing.txt")))
+    with pytest.raises(UsageError, match="cannot be read|file not found"):
+        ev.load_pairs(_cfg(pairs="s3://no-such-bucket-mtf/pairs.txt"))
