@@ -80,8 +80,8 @@ class TrainJobConfig(TrainConfig):
     mask_prob: float = option(0.0, "online masks: chance that an unmasked image gets a random mask while loading")
     mask_types: tuple[str, ...] = option(("surgical", "surgical_blue", "surgical_green", "N95", "KN95", "cloth"),
                                          "mask types drawn for online masks", metavar="A,B,...")
-    clean_masks: bool = option(False, "online masks in the clean look: no scene tint, grain, JPEG matching, "
-                               "shadow, creases or fit variation (as jobs.mask_dataset --clean)")
+    clean: bool = option(False, "online masks in the clean look: no scene tint, grain, JPEG matching, "
+                         "shadow, creases or fit variation (as jobs.mask_dataset --clean)")
     jitter: float = option(0.02, "random crop shift, as a fraction of the crop side")
     name: str = option("facenet", "run name: a rerun with the same name and output resumes from its last checkpoint")
     output: str = option("out/train", "storage of runs: checkpoints, metrics and the model go to OUTPUT/NAME "
@@ -349,7 +349,7 @@ def run(job: TrainJobConfig) -> dict[str, Any]:
                   "loader_threads": job.loader_threads, "prefetch": job.prefetch,
                   "augment": dataclasses.asdict(fdata.AugmentConfig(
                       mask_prob=job.mask_prob, mask_types=job.mask_types, jitter=job.jitter,
-                      clean=job.clean_masks))}
+                      clean=job.clean))}
         trainer = TorchTrainer(
             train_loop_per_worker, train_loop_config=config,
             scaling_config=ray.train.ScalingConfig(num_workers=job.num_workers, use_gpu=job.use_gpu,

@@ -80,7 +80,7 @@ def test_online_masks_carry_the_photos_compression(records):
                                     seed=3).batch([0], epoch=0)[0] for q in (20, 100))
     assert np.abs(low[:, 85:100, 40:72] - high[:, 85:100, 40:72]).mean() > 0.005   # the mask's mouth band
     np.testing.assert_array_equal(low[:, 30:50], high[:, 30:50])                      # the eyes
-    # the clean look (--clean-masks): no realism, so neither the compression nor the tint,
+    # the clean look (--clean): no realism, so neither the compression nor the tint,
     # grain and shadow of the default look; the mask is still drawn over the mouth
     clean = fdata.AugmentConfig(mask_prob=1.0, flip=False, jitter=0.0, clean=True)
     c20, c100 = (fdata.SampleLoader(replace(records, qualities=[q] * len(records)), "arcface", 112, clean,

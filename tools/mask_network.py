@@ -138,7 +138,7 @@ def step_train(args, work: Path, which: str) -> float:
     data = ",".join(str(work / "data" / s) for s in ("lfw", "celeba", "glint"))
     variants = ",".join(("original",) + MASKS) if which == "mask" else "original"
     online = (["--mask-prob", str(args.mask_prob), "--mask-types", ",".join(MASKS),
-               *(["--clean-masks"] if args.clean else [])] if which.startswith("online") else [])
+               *(["--clean"] if args.clean else [])] if which.startswith("online") else [])
     if which.endswith("_scratch"):
         start = ["--model", "mobilefacenet", "--no-pretrained", "--trainable", "all", "--optimizer", "adam",
                  "--lr", str(args.scratch_lr), "--schedule", "cosine", "--warmup-steps", "20"]
