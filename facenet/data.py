@@ -97,7 +97,9 @@ class FaceRecords:
 
     ``images`` encoded bytes; ``labels`` int64 (N,) dense identity labels (masked and
     unmasked images of one person share theirs); ``identities`` the names, indexed by label;
-    ``landmarks`` float32 (N,68,2) of the unmasked face; ``variants`` and ``groups`` (the
+    ``landmarks`` float32 (N,68,2) of the unmasked face, where online masks go; ``align``
+    float32 (N,68,2) the points crops are cut with (the detector's plain fit, a data set's
+    ``align_landmarks``; None: ``landmarks``); ``variants`` and ``groups`` (the
     source image key, the same for an image and its masked twins); ``skipped`` counts of
     what was left out and why (nothing is dropped silently); ``qualities`` the source
     photo's JPEG quality per image where ``images`` holds a re-encoding of it (a
@@ -112,6 +114,14 @@ class FaceRecords:
     groups: list[str]
     skipped: dict[str, int] = field(default_factory=dict)
     qualities: list[int | None] | None = None
+    align: np.ndarray | None = None
+
+    def alignment(self, i: int) -> np.ndarray:
+        """float32 (68,2): the points record ``i`` is cropped with."""
+        return self.landmarks[i] if self.align is None else self.align[i]
+
+    def _align_at(self, index: Any) -> np.ndarray | None:
+        return None if self.align is None else self.align[index]
 
     def quality(self, i: int) -> int | None:
         """The source JPEG quality of record ``i`` when known apart from its bytes."""
@@ -135,7 +145,7 @@ class FaceRecords:
         return FaceRecords([self.images[i] for i in index], new.astype(np.int64),
                            [self.identities[u] for u in uniq], self.landmarks[index],
                            [self.variants[i] for i in index], [self.groups[i] for i in index],
-                           dict(self.skipped), self._qualities_at(index))
+                           dict(self.skipped), self._qualities_at(index), self._align_at(index))
 
     def without_identities(self, names: set[str] | frozenset[str], min_images: int = 2) -> "FaceRecords":
         """These records less every image of the named identities (counted in ``skipped``
@@ -146,7 +156,7 @@ class FaceRecords:
         _count(skipped, "excluded_identity", len(ids) - len(keep))
         return build_records([self.images[i] for i in keep], [ids[i] for i in keep], self.landmarks[keep],
                              [self.variants[i] for i in keep], [self.groups[i] for i in keep], skipped, min_images,
-                             self._qualities_at(keep))
+                             self._qualities_at(keep), self._align_at(keep))
 
     def split_identities(self, holdout: int, seed: int = 0) -> tuple["FaceRecords", "FaceRecords"]:
         """(train, held-out): ``holdout`` whole identities drawn with the seed go to the second."""
@@ -174,9 +184,10 @@ def _count(d: dict[str, int], reason: str, n: int = 1) -> None:
 def build_records(images: Sequence[bytes], identities: Sequence[str], landmarks: Sequence[Any],
                   variants: Sequence[str], groups: Sequence[str],
                   skipped: dict[str, int] | None = None, min_images: int = 2,
-                  qualities: Sequence[int | None] | None = None) -> FaceRecords:
+                  qualities: Sequence[int | None] | None = None, align: Sequence[Any] | None = None) -> FaceRecords:
     """Assemble records from parallel lists; an identity with fewer than ``min_images``
-    usable images cannot give a positive pair and is left out (counted)."""
+    usable images cannot give a positive pair and is left out (counted).  ``align``: the
+    points to crop with, per image (None, or None entries: the landmarks)."""
     skipped = dict(skipped or {})
     names = sorted(set(identities))
     counts = {n: 0 for n in names}
@@ -190,9 +201,15 @@ def build_records(images: Sequence[bytes], identities: Sequence[str], landmarks:
     lms = np.zeros((len(idx), 68, 2), np.float32)
     for j, i in enumerate(idx):
         lms[j] = np.asarray(landmarks[i], np.float32).reshape(68, 2)
+    al = None
+    if align is not None and any(align[i] is not None for i in idx):
+        al = lms.copy()
+        for j, i in enumerate(idx):
+            if align[i] is not None:
+                al[j] = np.asarray(align[i], np.float32).reshape(68, 2)
     return FaceRecords([images[i] for i in idx], np.array([label_of[identities[i]] for i in idx], np.int64),
                        keep_names, lms, [variants[i] for i in idx], [groups[i] for i in idx], skipped,
-                       None if qualities is None else [qualities[i] for i in idx])
+                       None if qualities is None else [qualities[i] for i in idx], al)
 
 
 def records_from_table(table, variants: Sequence[str] | None = None, *, min_images: int = 2) -> FaceRecords:
@@ -220,6 +237,8 @@ def records_from_table(table, variants: Sequence[str] | None = None, *, min_imag
     lm = table.column(S.LANDMARKS).to_pylist()
     # the source's JPEG quality (image is a re-encoding); absent from tables before it existed
     qual = table.column(S.SOURCE_QUALITY).to_pylist() if S.SOURCE_QUALITY in cols else [None] * table.num_rows
+    # the points the job cut its crops with (None before schema version 4: the landmarks)
+    align = table.column(S.ALIGN_LANDMARKS).to_pylist() if S.ALIGN_LANDMARKS in cols else [None] * table.num_rows
     skipped: dict[str, int] = {}
     rows = []
     for i in range(table.num_rows):
@@ -235,7 +254,7 @@ def records_from_table(table, variants: Sequence[str] | None = None, *, min_imag
             rows.append(i)
     return build_records([img[i] for i in rows], [ident[i] for i in rows], [lm[i] for i in rows],
                          [var[i] for i in rows], [key[i] for i in rows], skipped, min_images,
-                         [qual[i] for i in rows])
+                         [qual[i] for i in rows], [align[i] for i in rows])
 
 
 #: where HOG finds the face in a 112 px ArcFace-aligned crop (median box on glint_subset, as
@@ -256,7 +275,7 @@ def records_from_folder(root: str, *, analyzer=None, max_per_identity: int | Non
     from masktheface.landmarks import FaceAnalyzer
 
     analyzer = analyzer or FaceAnalyzer()
-    images, names, lms, groups = [], [], [], []
+    images, names, lms, groups, align = [], [], [], [], []
     skipped: dict[str, int] = {}
     for ident in sorted(os.listdir(root)):
         folder = os.path.join(root, ident)
@@ -286,26 +305,29 @@ def records_from_folder(root: str, *, analyzer=None, max_per_identity: int | Non
             images.append(data)
             names.append(ident)
             lms.append(faces[i].landmarks)
+            align.append(faces[i].first_fit)           # None: not refitted, the landmarks
             groups.append(f"{ident}/{f}")
-    return build_records(images, names, lms, [ORIGINAL] * len(images), groups, skipped, min_images)
+    return build_records(images, names, lms, [ORIGINAL] * len(images), groups, skipped, min_images, align=align)
 
 
 def concat_records(parts: Iterable[FaceRecords]) -> FaceRecords:
     """Several record sets -> one; identities with the same name are the same person."""
     parts = list(parts)
-    images, names, lms, variants, groups, quals = [], [], [], [], [], []
+    images, names, lms, variants, groups, quals, align = [], [], [], [], [], [], []
     skipped: dict[str, int] = {}
     for p in parts:
         quals += p.qualities if p.qualities is not None else [None] * len(p)
         images += p.images
         names += [p.identities[int(lbl)] for lbl in p.labels]
         lms += list(p.landmarks)
+        align += list(p.landmarks if p.align is None else p.align)
         variants += p.variants
         groups += p.groups
         for k, v in p.skipped.items():
             _count(skipped, k, v)
     return build_records(images, names, lms, variants, groups, skipped, min_images=1,
-                         qualities=quals if any(q is not None for q in quals) else None)
+                         qualities=quals if any(q is not None for q in quals) else None,
+                         align=align if any(p.align is not None for p in parts) else None)
 
 
 # ------------------------------------------------------------------------------------------
@@ -421,7 +443,7 @@ class SampleLoader:
         if train and a.mask_prob > 0 and r.variants[i] == ORIGINAL and rng.random() < a.mask_prob:
             q = r.quality(i)
             bgr = self._maybe_mask(bgr, lm, rng, dec.jpeg_quality if q is None else q)
-        crop = face_crop(bgr, lm, self.alignment, self.size)
+        crop = face_crop(bgr, r.alignment(i), self.alignment, self.size)
         if train and a.jitter > 0:
             dx, dy = (rng.uniform(-a.jitter, a.jitter, 2) * self.size)
             M = np.array([[1, 0, dx], [0, 1, dy]], np.float64)

@@ -154,7 +154,9 @@ class VariantEmbedder:
         geos = [analyse(f.landmarks, bgr.shape) for f in faces]
         i = primary_face(faces, bgr.shape, geos)
         if i is not None:
-            return FaceChoice(faces[i].landmarks, faces, geos, "detected")
+            # aligned with the plain fit, as the data-set job cuts its crops (its refits chase
+            # the edge of a real mask); the masks go where the checked fit says
+            return FaceChoice(faces[i].align_landmarks, faces, geos, "detected")
         if self.fallback_box is not None:
             h, w = bgr.shape[:2]
             faces = self.masker.find_faces(bgr, boxes=[np.asarray(self.fallback_box) * [w, h, w, h]])
@@ -220,8 +222,9 @@ class VariantEmbedder:
 
     def stored_rows(self, rows: Iterable[Mapping[str, Any]], wanted: set[str] | None = None) -> list[dict[str, Any]]:
         """Rows of a masked data set -> a row per (key, variant) asked for.  The stored
-        (unmasked) landmarks align every variant; without them the face is detected (on the
-        unmasked row that is reliable; on a masked one less so)."""
+        (unmasked) landmarks align every variant (``align_landmarks``, else ``landmarks``);
+        without them the face is detected (on the unmasked row that is reliable; on a masked
+        one less so)."""
         from masktheface.imageio import ImageDecodeError, decode_image
 
         col = S.ALIGNED if self.prealigned else S.IMAGE
@@ -240,7 +243,7 @@ class VariantEmbedder:
             except ImageDecodeError as e:
                 out.append(_row(key, variant, "decode_error", str(e)))
                 continue
-            lm = None if self.prealigned else S.landmarks_68(r.get(S.LANDMARKS))
+            lm = None if self.prealigned else S.align_landmarks_68(r)
             method = "landmarks" if lm is not None else ("aligned" if self.prealigned else "detected")
             if lm is None and not self.prealigned:
                 face = self.find_face(dec)

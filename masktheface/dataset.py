@@ -334,6 +334,7 @@ def variant_rows(res: "Processed", variants: Sequence["Variant"], base: Mapping[
             S.TILT_DEG: _finite(p.tilt_deg) if p is not None else None,
             S.VIEW: p.view if p is not None else None,
             S.FACES: faces, S.SECONDS: float(res.seconds), S.SOURCE_QUALITY: res.source_quality,
+            S.ALIGN_LANDMARKS: _flat(p.alignment, 136) if p is not None else None,
         })
     return rows
 

@@ -20,7 +20,11 @@ The primary face
     geometry (``faces`` still lists every face found).
 
 Landmarks are always those of the *unmasked* face (masks are drawn from them), so a
-masked image and its unmasked twin share landmarks and aligned transform.
+masked image and its unmasked twin share landmarks and aligned transform.  ``landmarks``
+is the checked fit, where the masks go; ``align_landmarks`` the detector's plain fit,
+which the ``aligned`` crop is cut with and readers align with (the two differ only
+where the fit check refitted: ~3 % of unmasked faces, about half of faces in real masks,
+whose refits chase the mask's edge; see ``masktheface.landmarks.Face``).
 
 ``pyarrow`` is imported inside the functions that need it: ``import masktheface`` stays
 light.  Bump :data:`SCHEMA_VERSION` with any change to the columns; ``mask_dataset``
@@ -43,14 +47,16 @@ __all__ = [
     "KEY", "IDENTITY", "SOURCE", "VARIANT", "MASKED", "MASK_TYPE", "COLOR", "TEXTURE",
     "PLACEMENT", "SEED", "STATUS", "ERROR", "IMAGE", "FORMAT", "ALIGNED", "ALIGNED_SIZE",
     "WIDTH", "HEIGHT", "FACE_COUNT", "MASKED_FACES", "FACES_FROM", "PRIMARY_FACE", "BOX",
-    "LANDMARKS", "TILT_DEG", "VIEW", "FACES", "SECONDS", "RUN_ID", "SOURCE_QUALITY", "ADDED_IN",
+    "LANDMARKS", "TILT_DEG", "VIEW", "FACES", "SECONDS", "RUN_ID", "SOURCE_QUALITY", "ALIGN_LANDMARKS",
+    "ADDED_IN",
     "ORIGINAL", "OK", "STATUSES", "ERROR_STATUSES", "FACES_FROM_VALUES",
     "arrow_schema", "face_type", "table_from_rows", "column_names", "columns_for", "validate_table",
-    "is_data_file", "data_files", "read_table", "landmarks_68", "box_4", "markdown_table",
+    "is_data_file", "data_files", "read_table", "landmarks_68", "align_landmarks_68", "box_4",
+    "markdown_table",
 ]
 
 #: version of the columns below; part of ``mask_dataset``'s resume fingerprint
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # -- column names ---------------------------------------------------------------------------
 KEY = "key"
@@ -83,6 +89,7 @@ FACES = "faces"
 SECONDS = "seconds"
 RUN_ID = "run_id"
 SOURCE_QUALITY = "source_quality"
+ALIGN_LANDMARKS = "align_landmarks"
 
 # -- values ---------------------------------------------------------------------------------
 #: the variant name of the unmasked image
@@ -181,19 +188,23 @@ COLUMNS: tuple[Column, ...] = (
            "the input's JPEG quality (1..100), the libjpeg quality its quantisation table matches "
            "best; None when it is not a JPEG. `image` is re-encoded at `--quality`, so "
            "training's online masks take the photo's compression from here"),
+    Column(ALIGN_LANDMARKS, lambda pa: pa.list_(pa.float32(), 136), True, "float32[136]?",
+           "the primary face's 68 points that `aligned` is cut with and readers align with: the "
+           "detector's plain fit (`landmarks` is the checked fit, where the masks go; they differ "
+           "only where the check refitted, as on faces in real masks); None with `landmarks`"),
 )
 
 #: columns added after the first version, with the version that added them: a reader asking
 #: for one gets nulls from an older data set (:func:`read_table`), never an error
-ADDED_IN: dict[str, int] = {SOURCE_QUALITY: 3}
+ADDED_IN: dict[str, int] = {SOURCE_QUALITY: 3, ALIGN_LANDMARKS: 4}
 
 _BY_NAME = {c.name: c for c in COLUMNS}
 
 #: the columns each kind of reader needs (``columns_for``): read only these
 _PURPOSES: dict[str, tuple[str, ...]] = {
     "resume": (KEY, VARIANT, STATUS),
-    "train": (KEY, IDENTITY, VARIANT, STATUS, IMAGE, LANDMARKS, SOURCE_QUALITY),
-    "evaluate": (KEY, VARIANT, STATUS, IMAGE, ALIGNED, LANDMARKS),
+    "train": (KEY, IDENTITY, VARIANT, STATUS, IMAGE, LANDMARKS, SOURCE_QUALITY, ALIGN_LANDMARKS),
+    "evaluate": (KEY, VARIANT, STATUS, IMAGE, ALIGNED, LANDMARKS, ALIGN_LANDMARKS),
     "export": (KEY, VARIANT, STATUS, FORMAT),
 }
 
@@ -327,6 +338,14 @@ def landmarks_68(value: Any) -> np.ndarray | None:
         return None
     a = np.asarray(value, np.float32).reshape(-1)
     return a.reshape(68, 2) if a.size == 136 and np.isfinite(a).all() else None
+
+
+def align_landmarks_68(row: Any) -> np.ndarray | None:
+    """The landmarks to align a row's image with (a mapping with the ``align_landmarks``
+    and ``landmarks`` cells): ``align_landmarks``, or ``landmarks`` where it is null (a data
+    set written before version 4) -> float32 (68,2), or None."""
+    lm = landmarks_68(row.get(ALIGN_LANDMARKS))
+    return lm if lm is not None else landmarks_68(row.get(LANDMARKS))
 
 
 def box_4(value: Any) -> np.ndarray | None:

@@ -71,7 +71,9 @@ class MaskerConfig:
 class FaceResult:
     """One face: ``box`` (x0,y0,x1,y1), ``landmarks`` float32 (68,2) of the unmasked face,
     ``six`` float32 (6,2) key points a..f, ``tilt_deg``, ``view``; ``spec`` drawn (None when
-    no mask was asked for); ``status`` a face-level status; ``coverage`` mask area in px."""
+    no mask was asked for); ``status`` a face-level status; ``coverage`` mask area in px;
+    ``align_landmarks`` the points aligned crops are cut with (``Face.align_landmarks``: the
+    detector's plain fit; None: ``landmarks``)."""
 
     box: tuple[float, float, float, float]
     landmarks: np.ndarray
@@ -82,6 +84,12 @@ class FaceResult:
     status: str
     error: str | None = None
     coverage: float = 0.0
+    align_landmarks: np.ndarray | None = None
+
+    @property
+    def alignment(self) -> np.ndarray:
+        """float32 (68,2): the points to align this face with (``align_landmarks`` or ``landmarks``)."""
+        return self.landmarks if self.align_landmarks is None else self.align_landmarks
 
 
 @dataclass(frozen=True)
@@ -232,7 +240,8 @@ class Masker:
         box = tuple(float(v) for v in face.box)
 
         def result(status: str, error: str | None = None, coverage: float = 0.0) -> FaceResult:
-            return FaceResult(box, face.landmarks, geo.six, geo.tilt_deg, geo.view, spec, status, error, coverage)
+            return FaceResult(box, face.landmarks, geo.six, geo.tilt_deg, geo.view, spec, status, error, coverage,
+                              face.first_fit)
 
         if geo.status != "ok":
             return result(geo.status, geo.error)
@@ -304,7 +313,7 @@ class Masker:
                 log.exception("masking face %d failed", i)
                 results.append(FaceResult(tuple(float(v) for v in face.box), face.landmarks,
                                           np.full((6, 2), np.nan, np.float32), float("nan"), "front",
-                                          spec, "warp_failed", f"{type(e).__name__}: {e}"))
+                                          spec, "warp_failed", f"{type(e).__name__}: {e}", 0.0, face.first_fit))
         if not faces:
             status, error = "no_face", "no face found"
         elif all(r.status in NOT_FACES for r in results):
@@ -341,8 +350,8 @@ class Masker:
         the variant's name), so a variant's output does not depend on the others asked for.
         The primary face is chosen by :func:`masktheface.geometry.primary_face` (its index is
         ``Processed.primary`` and every output's ``primary``); the aligned crop (``aligned``
-        160 or 112) is cut around its unmasked landmarks, with the same transform for every
-        variant.
+        160 or 112) is cut around its unmasked landmarks (``Face.align_landmarks``, the plain
+        fit), with the same transform for every variant.
         """
         t0 = time.perf_counter()
 
@@ -362,7 +371,9 @@ class Masker:
             primary = primary_face(faces, bgr.shape, geos)
             M = None
             if aligned and primary is not None:
-                M = align.align_transform(faces[primary].landmarks, int(aligned))
+                # the plain fit (Face.align_landmarks): the fit check's refits chase the edge
+                # of a real mask; masks still go where the checked fit says
+                M = align.align_transform(faces[primary].align_landmarks, int(aligned))
             outs = [self._variant(dec, faces, geos, v, variant_rng(seed, key, v.name), M, aligned, fmt, quality,
                                   keep_alpha, primary) for v in variants]
             status = "ok" if any(o.status == "ok" for o in outs) else outs[0].status if outs else "ok"
@@ -380,7 +391,8 @@ class Masker:
         if not variant.specs:
             img, alpha = dec.bgr, None
             face_results = tuple(FaceResult(tuple(float(v) for v in f.box), f.landmarks, g.six, g.tilt_deg,
-                                            g.view, None, g.status, g.error) for f, g in zip(faces, geos))
+                                            g.view, None, g.status, g.error, 0.0, f.first_fit)
+                                 for f, g in zip(faces, geos))
             if not faces:
                 status, error = "no_face", "no face found"
             elif any(g.status == "ok" for g in geos):

@@ -66,6 +66,7 @@ def _png(data: bytes) -> np.ndarray:
 
 
 def test_parquet_columns_and_crop_describe_the_primary_face(inputs, job_rows):
+    refitted = 0
     for key in _keys(inputs):
         orig = job_rows[(key, "original")]
         img = _png(orig[S.IMAGE])
@@ -83,14 +84,18 @@ def test_parquet_columns_and_crop_describe_the_primary_face(inputs, job_rows):
             assert r[S.VIEW] == faces[i][S.VIEW]
             if variant != "original":
                 assert r[S.MASK_TYPE] == faces[i][S.MASK_TYPE] and r[S.MASK_TYPE] is not None
-            # the crop is cut around the primary face's (unmasked) landmarks, in every variant
+            # the crop is cut around the primary face's (unmasked) alignment landmarks, in every
+            # variant: the plain fit, which is the checked fit unless the check refitted
+            assert r[S.ALIGN_LANDMARKS] is not None
             size = r[S.ALIGNED_SIZE]
-            M = align.align_transform(S.landmarks_68(r[S.LANDMARKS]), size)
+            M = align.align_transform(S.align_landmarks_68(r), size)
             src = img if variant == "original" else _png(r[S.IMAGE])
             assert np.array_equal(_png(r[S.ALIGNED]), align.warp_crop(src, M, size)), (key, variant)
+        refitted += orig[S.ALIGN_LANDMARKS] != orig[S.LANDMARKS]
         if key in LFW_BYSTANDERS:  # the subject is not the largest face here
             areas = [(b[2] - b[0]) * (b[3] - b[1]) for b in (f[S.BOX] for f in orig[S.FACES])]
             assert orig[S.PRIMARY_FACE] != int(np.argmax(areas)), key
+    assert refitted >= 1   # a face whose fit the check refitted: crop and masks follow different fits
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +109,11 @@ def test_evaluation_embeds_the_primary_face(inputs, job_rows, embedder):
     for key in _keys(inputs):
         face = embedder.find_face(decode_image((inputs / key).read_bytes()))
         assert face.method == "detected"
-        np.testing.assert_array_equal(face.landmarks, S.landmarks_68(job_rows[(key, "original")][S.LANDMARKS]))
+        np.testing.assert_array_equal(face.landmarks, S.align_landmarks_68(job_rows[(key, "original")]))
+        # and masks it where the data set's masks went
+        primary = job_rows[(key, "original")][S.PRIMARY_FACE]
+        np.testing.assert_array_equal(face.faces[primary].landmarks,
+                                      S.landmarks_68(job_rows[(key, "original")][S.LANDMARKS]))
 
 
 def test_same_seed_key_and_mask_same_pixels_everywhere(inputs, job_rows, embedder, tmp_path):

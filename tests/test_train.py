@@ -8,6 +8,7 @@ import shutil
 import threading
 import time
 import traceback
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -118,6 +119,29 @@ def test_loader_deterministic_and_online_masks_cover_the_mouth(records):
     # ArcFace template: eyes at y~52, mouth at y~92 -> the mask changes the mouth band, not the eyes
     assert diff[85:100, 40:72].mean() > 20 * max(diff[40:55, 30:82].mean(), 0.1)
     assert loader.counts.get("online_masked", 0) >= 1
+
+
+def test_crops_follow_the_alignment_landmarks(records):
+    """A record's crop is cut with its ``align`` points (a data set's ``align_landmarks``,
+    the detector's plain fit); ``landmarks`` (where online masks go) do not move it."""
+    from masktheface.imageio import decode_image
+
+    shifted = records.landmarks + np.float32([6.0, 4.0])
+    moved = replace(records, align=shifted)
+    off = fdata.AugmentConfig(flip=False)
+    crop = fdata.SampleLoader(moved, "facenet", 160, off, seed=3).load(0, train=False)
+    expect = fdata.face_crop(decode_image(records.images[0]).bgr, shifted[0], "facenet", 160)
+    np.testing.assert_array_equal(crop, expect)
+    same = fdata.SampleLoader(replace(records, align=None), "facenet", 160, off, seed=3).load(0, train=False)
+    assert np.abs(crop.astype(int) - same).mean() > 5
+    # the points travel with the records through subset, concat and identity filters
+    sub = moved.subset([1, 0])
+    np.testing.assert_array_equal(sub.alignment(0), shifted[1])
+    both = fdata.concat_records([records, moved])
+    np.testing.assert_array_equal(both.alignment(len(records)), shifted[0])
+    np.testing.assert_array_equal(both.alignment(0), records.landmarks[0])
+    kept = moved.without_identities({records.identities[0]}, min_images=1)
+    assert kept.align is not None and len(kept.align) == len(kept)
 
 
 def test_make_pairs_balanced():
