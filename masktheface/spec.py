@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-# The one definition of the mask names (masks.py, the CLI and the jobs import them from here).
+# The one definition of the mask names (masktheface.masks, the CLI and the jobs import them from here).
 #: built-in types drawn when the user asks for "random"
 RANDOM_TYPES: tuple[str, ...] = ("surgical", "surgical_blue", "surgical_green", "N95", "KN95", "cloth", "gas")
 #: further built-in drawings, used only when named
