@@ -5,7 +5,7 @@ start-up (imports, model loading) and file reading/writing included.
   (``bench_masktheface.reference_pipeline``: HOG upsampled once, a template PNG per face,
   homography, alpha blend) over a folder, writing a JPEG per image with a face;
 * ours: ``masktheface --path DIR --output OUT --mask_type surgical_blue`` (defaults: detection
-  ``auto``, realism on, one worker).
+  ``auto``, realism on, ``--workers auto``, which is one worker on the one core it is pinned to).
 
 Each command runs pinned to one core (``taskset -c 0``, one math thread); the two take turns
 ``--repeats`` times and the medians are compared.  Faces: outputs written by each.

@@ -63,6 +63,29 @@ def _int_in(lo: int, hi: int | None = None):
     return parse
 
 
+#: ``--workers auto`` starts at most one worker per this many inputs: a worker spends ~1 s
+#: loading dlib's models, the time of ~25-50 images
+AUTO_IMAGES_PER_WORKER = 32
+
+
+def _workers(text: str) -> str | int:
+    """argparse type of ``--workers``: "auto" or an int >= 1."""
+    return "auto" if text.strip().lower() == "auto" else _int_in(1)(text)
+
+
+_workers.__name__ = "workers"
+
+
+def auto_workers(n_inputs: int) -> int:
+    """``--workers auto``: the CPUs this process may run on (its affinity: ``taskset`` and
+    container limits count), at most one per :data:`AUTO_IMAGES_PER_WORKER` inputs, >= 1."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, n_inputs // AUTO_IMAGES_PER_WORKER))
+
+
 class _HelpFormatter(argparse.HelpFormatter):
     """Shows a default once, and only when there is one (no "(default: None)")."""
 
@@ -99,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with several types: draw one per face, or one per image for all its faces")
     p.add_argument("--pack", default=None, help="a MaskTheFace-format template pack (masks.cfg + PNGs)")
     p.add_argument("--seed", type=int, default=0, help="run seed; each image's draws derive from it and its path")
-    p.add_argument("--workers", type=_int_in(1), default=1, help="local worker processes (>= 1)")
+    p.add_argument("--workers", type=_workers, default="auto",
+                   help="local worker processes: a number >= 1, or 'auto': one per CPU this process may "
+                        f"use, at most one per {AUTO_IMAGES_PER_WORKER} images (each loads the models, ~1 s)")
     p.add_argument("--format", default="same", choices=FORMATS, help="output image format")
     p.add_argument("--quality", type=_int_in(1, 100), default=95,
                    help="JPEG/WebP quality, 1..100 (PNG is always written losslessly, zlib level 1)")
@@ -371,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tqdm import tqdm
 
     bar = tqdm(total=len(items), unit="img", disable=not args.progress, file=sys.stderr)
-    workers = int(args.workers)
+    workers = auto_workers(len(items)) if args.workers == "auto" else int(args.workers)
     if workers == 1:
         _init_worker(job)
         it: Iterator[dict] = map(_process_one, items)
@@ -400,7 +425,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "images": len(rows), "faces": sum(r["faces"] for r in rows), "masked_faces": sum(r["masked"] for r in rows),
         "no_face_images": counts.get("no_face", 0), "errors": len(failed),
         "statuses": dict(counts), "seconds": round(wall, 2),
-        "images_per_s": round(len(rows) / wall, 1) if wall > 0 else None, "output": str(out_root),
+        "images_per_s": round(len(rows) / wall, 1) if wall > 0 else None, "workers": workers,
+        "output": str(out_root),
         # the first few failures, so a user sees which files failed and why without a manifest
         "failed": [{k: r[k] for k in ("path", "status", "error")} for r in failed[:SHOW_FAILURES]],
     }

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -128,6 +129,17 @@ def test_never_writes_into_the_shared_data(tmp_path, monkeypatch, capsys):
     assert sorted(p.name for p in data.rglob("*")) == ["a.jpg", "lfw"]
     # an explicit --output elsewhere is fine (the broken file gives exit 1, nothing masked)
     assert main(["--path", str(data / "lfw"), "--output", str(tmp_path / "o"), "--no-progress"]) == 1
+
+
+def test_auto_workers_follow_the_cpus_and_the_input_count():
+    from masktheface import cli
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    assert cli.auto_workers(0) == 1 and cli.auto_workers(cli.AUTO_IMAGES_PER_WORKER - 1) == 1
+    assert cli.auto_workers(10 ** 6) == cpus
+    assert cli.auto_workers(2 * cli.AUTO_IMAGES_PER_WORKER) == min(2, cpus)
+    assert cli.build_parser().parse_args(["--path", "x"]).workers == "auto"
+    assert cli.build_parser().parse_args(["--path", "x", "--workers", "AUTO"]).workers == "auto"
 
 
 @pytest.mark.parametrize("flag,value", [("--quality", "500"), ("--quality", "0"), ("--workers", "0"),
