@@ -11,6 +11,7 @@ them alike); figures are medians of ``--repeats`` runs.  Face recall is the
 number of the reference's faces that each configuration also finds (IoU >= 0.3).
 
     python benchmarks/bench_masktheface.py --n 500 --repeats 3
+    python benchmarks/bench_masktheface.py --n 300 --repeats 2 --quality-steps   # what the quality costs
 """
 from __future__ import annotations
 
@@ -130,6 +131,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--quality-steps", action="store_true",
+                    help="also time what the quality costs: detect auto with the clean look, then also "
+                         "without the landmark fit check, then also without the face check")
     args = ap.parse_args()
     if not PACK.is_dir():
         sys.exit(f"needs the shared data sets ({DATA_HINT})")
@@ -148,6 +152,14 @@ def main() -> None:
     # other work loads them alike (sequential phases measured load swings, not code)
     runs = {"ref": lambda d, k, b: reference_pipeline(d), "auto": lambda d, k, b: ours(d, k, auto),
             "up1": lambda d, k, b: ours(d, k, up1), "box": lambda d, k, b: ours(d, k, auto, boxes=b)}
+    steps = {"clean": ("masktheface, auto, clean look", MaskerConfig(realism=False)),
+             "nofit": ("  ... and no landmark fit check", MaskerConfig(realism=False, refit=False)),
+             "nocheck": ("  ... and no face check", MaskerConfig(realism=False, refit=False, verify=False))}
+    if args.quality_steps:
+        for name, (_, cfg) in steps.items():
+            m = Masker(cfg)
+            ours(datas[:5], keys[:5], m)
+            runs[name] = lambda d, k, b, m=m: ours(d, k, m)
     per: dict[str, list[float]] = {name: [] for name in runs}
     found: dict[str, list] = {}
     chunk = 25
@@ -179,6 +191,8 @@ def main() -> None:
             ("masktheface, detect upsample=1", t_up1, recall(ref_boxes, b_up1), 1),
             ("masktheface, boxes supplied", t_box, recall(ref_boxes, b_box), 1),
             ("masktheface, auto, --workers 2", t_w2, None, 2)]
+    rows += [(label, statistics.median(per[name]), recall(ref_boxes, found[name]), 1)
+             for name, (label, _) in steps.items() if name in per]
     print(f"{'configuration':42s} {'img/s':>8s} {'img/s/core':>11s} {'x ref/core':>10s}  "
           "reference faces found; main faces found")
     ref_rate = n / t_ref
