@@ -85,7 +85,15 @@ def test_a_column_added_later_reads_as_nulls_from_an_older_data_set(tmp_path):
     t = S.read_table(str(tmp_path), S.columns_for("train"))
     assert t.schema.equals(S.arrow_schema(S.columns_for("train")))
     assert t.column(S.SOURCE_QUALITY).to_pylist() == [None] * 3
+    assert t.column(S.ALIGN_LANDMARKS).to_pylist() == [None] * 3
     assert S.read_table(str(tmp_path)).num_rows == 3
+    # an older row aligns with its landmarks; a version-4 row with its own alignment points
+    lm = np.arange(136, dtype=np.float32)
+    np.testing.assert_array_equal(S.align_landmarks_68({S.LANDMARKS: lm, S.ALIGN_LANDMARKS: None}),
+                                  lm.reshape(68, 2))
+    np.testing.assert_array_equal(S.align_landmarks_68({S.LANDMARKS: lm, S.ALIGN_LANDMARKS: lm + 1}),
+                                  (lm + 1).reshape(68, 2))
+    assert S.align_landmarks_68({S.LANDMARKS: None}) is None
     assert all(v > 2 for v in S.ADDED_IN.values()) and S.SCHEMA_VERSION >= max(S.ADDED_IN.values())
 
 
