@@ -76,14 +76,24 @@ def _workers(text: str) -> str | int:
 _workers.__name__ = "workers"
 
 
+#: ... and at most one per this much free memory: a worker holds ~190 MB on LFW-size images
+#: (models, art caches), more on large photos
+AUTO_WORKER_BYTES = 512 * 2 ** 20
+
+
 def auto_workers(n_inputs: int) -> int:
     """``--workers auto``: the CPUs this process may run on (its affinity: ``taskset`` and
-    container limits count), at most one per :data:`AUTO_IMAGES_PER_WORKER` inputs, >= 1."""
+    container limits count), at most one per :data:`AUTO_IMAGES_PER_WORKER` inputs and one
+    per :data:`AUTO_WORKER_BYTES` of free memory, >= 1."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not on Linux
         cpus = os.cpu_count() or 1
-    return max(1, min(cpus, n_inputs // AUTO_IMAGES_PER_WORKER))
+    try:
+        by_memory = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // AUTO_WORKER_BYTES
+    except (AttributeError, ValueError, OSError):  # no such sysconf here
+        by_memory = cpus
+    return max(1, min(cpus, n_inputs // AUTO_IMAGES_PER_WORKER, by_memory))
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -124,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="run seed; each image's draws derive from it and its path")
     p.add_argument("--workers", type=_workers, default="auto",
                    help="local worker processes: a number >= 1, or 'auto': one per CPU this process may "
-                        f"use, at most one per {AUTO_IMAGES_PER_WORKER} images (each loads the models, ~1 s)")
+                        f"use, at most one per {AUTO_IMAGES_PER_WORKER} images (each loads the models, ~1 s) "
+                        f"and one per {AUTO_WORKER_BYTES // 2 ** 20} MB of free memory")
     p.add_argument("--format", default="same", choices=FORMATS, help="output image format")
     p.add_argument("--quality", type=_int_in(1, 100), default=95,
                    help="JPEG/WebP quality, 1..100 (PNG is always written losslessly, zlib level 1)")

@@ -131,13 +131,18 @@ def test_never_writes_into_the_shared_data(tmp_path, monkeypatch, capsys):
     assert main(["--path", str(data / "lfw"), "--output", str(tmp_path / "o"), "--no-progress"]) == 1
 
 
-def test_auto_workers_follow_the_cpus_and_the_input_count():
+def test_auto_workers_follow_the_cpus_the_input_count_and_the_memory(monkeypatch):
     from masktheface import cli
 
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // cli.AUTO_WORKER_BYTES
     assert cli.auto_workers(0) == 1 and cli.auto_workers(cli.AUTO_IMAGES_PER_WORKER - 1) == 1
-    assert cli.auto_workers(10 ** 6) == cpus
-    assert cli.auto_workers(2 * cli.AUTO_IMAGES_PER_WORKER) == min(2, cpus)
+    assert cli.auto_workers(10 ** 6) == max(1, min(cpus, free))
+    assert cli.auto_workers(2 * cli.AUTO_IMAGES_PER_WORKER) == max(1, min(2, cpus, free))
+    # little free memory: one worker, whatever the CPUs
+    real = os.sysconf
+    monkeypatch.setattr(os, "sysconf", lambda k: 100 if k == "SC_AVPHYS_PAGES" else real(k))
+    assert cli.auto_workers(10 ** 6) == 1
     assert cli.build_parser().parse_args(["--path", "x"]).workers == "auto"
     assert cli.build_parser().parse_args(["--path", "x", "--workers", "AUTO"]).workers == "auto"
 
