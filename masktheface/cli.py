@@ -150,8 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write_alpha", action="store_true",
                    help="also write each masked output's mask alpha as <name>_alpha.png (0-255)")
     p.add_argument("--write_metadata", action="store_true",
-                   help="also write <name>.json per output: every face's box, 68 landmarks, six key "
-                        "points, tilt, view, mask spec and status")
+                   help="also write <name>.json per output: every face's box, 68 landmarks (and the "
+                        "68 its aligned crop is cut with), six key points, tilt, view, mask spec and status")
     p.add_argument("--detector", default="hog", choices=("hog", "cnn"),
                    help="dlib face detector: HOG (fast, frontal faces) or the CNN (mmod; ~17x slower, "
                         "finds turned and small faces)")
@@ -349,6 +349,9 @@ def _metadata(src: str, o) -> dict:
         "width": o.width, "height": o.height,
         "faces": [{
             "box": [round(float(v), 2) for v in f.box], "landmarks": arr(f.landmarks),
+            # the points --aligned crops are cut with (the detector's plain fit; = landmarks
+            # unless the fit check refitted)
+            "align_landmarks": arr(f.alignment),
             "six_points": None if not np.all(np.isfinite(f.six)) else arr(f.six),
             "tilt_deg": None if not np.isfinite(f.tilt_deg) else round(float(f.tilt_deg), 2),
             "view": f.view, "status": f.status, "error": f.error,

@@ -200,6 +200,7 @@ def test_alpha_and_metadata_outputs(tmp_path):
     assert meta["status"] == "ok" and len(meta["faces"]) == 2
     face = meta["faces"][0]
     assert len(face["landmarks"]) == 68 and len(face["six_points"]) == 6
+    assert len(face["align_landmarks"]) == 68
     assert face["spec"]["mask_type"] == "KN95" and face["status"] == "ok"
     alpha = cv2.imread(str(out / "two_KN95_alpha.png"), cv2.IMREAD_UNCHANGED)
     img = cv2.imread(str(out / "two_KN95.jpg"))
