@@ -12,6 +12,12 @@ number of the reference's faces that each configuration also finds (IoU >= 0.3).
 
     python benchmarks/bench_masktheface.py --n 500 --repeats 3
     python benchmarks/bench_masktheface.py --n 300 --repeats 2 --quality-steps   # what the quality costs
+    python benchmarks/bench_masktheface.py --n 300 --repeats 2 --stages          # where an image's time goes
+
+``--stages`` times the default pipeline's parts one after another on every image (decode,
+detection, the 68-point fit, the fit check's refits, the face check, geometry, mask drawing
+with the realism and the photo's JPEG look, encoding), in the same turns as the reference,
+and prints each part's ms per image next to the budget a 4x (and 5x) speed-up would leave.
 """
 from __future__ import annotations
 
@@ -30,9 +36,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from masktheface.datadir import DATA_HINT, shared_data  # noqa: E402
 from masktheface.geometry import six_points  # noqa: E402
+from masktheface.imageio import decode_image, encode_image  # noqa: E402
 from masktheface.landmarks import model_path  # noqa: E402
-from masktheface.pipeline import Masker, MaskerConfig, Variant  # noqa: E402
-from masktheface.spec import MaskSpec  # noqa: E402
+from masktheface.pipeline import Masker, MaskerConfig, Variant, face_geometry  # noqa: E402
+from masktheface.spec import MaskSpec, variant_rng  # noqa: E402
 
 DATA = shared_data() or Path("shared-data-not-found")
 PACK = DATA / "masktheface_templates" / "masks"
@@ -87,6 +94,46 @@ def ours(datas: list[bytes], keys: list[str], masker: Masker, boxes=None) -> lis
     return out
 
 
+#: the parts of one image's processing that ``--stages`` times, in order
+STAGES = ("decode", "detect", "fit", "fit check", "face check", "geometry", "mask + realism", "encode")
+
+
+def stages(datas: list[bytes], keys: list[str], masker: Masker, totals: dict[str, float]) -> None:
+    """Run the default pipeline's parts one after another on every image, adding each
+    part's seconds to ``totals`` (the parts ``Masker.process`` chains; the faces found are
+    those it finds: ``find_faces`` is rerun untimed to get them as it builds them)."""
+    an = masker.analyzer
+    clock = time.perf_counter
+    for d, k in zip(datas, keys):
+        t0 = clock()
+        dec = decode_image(d, masker.config.max_pixels)
+        t1 = clock()
+        rgb = cv2.cvtColor(dec.bgr, cv2.COLOR_BGR2RGB)
+        dets = an.detections(rgb, dec.gray)
+        t2 = clock()
+        firsts = [an.landmarks(rgb, x.box) for x in dets]
+        t3 = clock()
+        for x, first in zip(dets, firsts):
+            an.fit(rgb, x.box, first)
+        t4 = clock()
+        for x, first in zip(dets, firsts):
+            if not x.score >= an.SURE_SCORE:
+                an.check(rgb, x.box, first, x.score, x.pass_)
+        t5 = clock()
+        faces = masker.find_faces(dec.bgr, None, None, dec.gray)
+        t6 = clock()
+        geos = [face_geometry(f, dec.bgr.shape) for f in faces]
+        t7 = clock()
+        rng = variant_rng(0, k, VARIANT[0].name)
+        res = masker.mask(dec.bgr, VARIANT[0].specs, rng, faces=faces, geos=geos)
+        img = masker.match_photo(dec, res.image, res.alpha, rng)
+        t8 = clock()
+        encode_image(img, "jpg", 95)
+        t9 = clock()
+        for name, dt in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t7 - t6, t8 - t7, t9 - t8)):
+            totals[name] += dt
+
+
 _W = None
 
 
@@ -134,6 +181,9 @@ def main() -> None:
     ap.add_argument("--quality-steps", action="store_true",
                     help="also time what the quality costs: detect auto with the clean look, then also "
                          "without the landmark fit check, then also without the face check")
+    ap.add_argument("--stages", action="store_true",
+                    help="also time the default pipeline's parts (ms per image) against the budget "
+                         "a 4x / 5x speed-up over the reference leaves")
     args = ap.parse_args()
     if not PACK.is_dir():
         sys.exit(f"needs the shared data sets ({DATA_HINT})")
@@ -161,10 +211,12 @@ def main() -> None:
             ours(datas[:5], keys[:5], m)
             runs[name] = lambda d, k, b, m=m: ours(d, k, m)
     per: dict[str, list[float]] = {name: [] for name in runs}
+    per_stage: dict[str, list[float]] = {name: [] for name in STAGES}
     found: dict[str, list] = {}
     chunk = 25
     for _ in range(args.repeats):
         totals = dict.fromkeys(runs, 0.0)
+        stage_totals = dict.fromkeys(STAGES, 0.0)
         outs: dict[str, list] = {name: [] for name in runs}
         for i in range(0, n, chunk):
             d, k, b = datas[i:i + chunk], keys[i:i + chunk], ref_boxes[i:i + chunk]
@@ -172,8 +224,12 @@ def main() -> None:
                 t = time.perf_counter()
                 outs[name] += fn(d, k, b)
                 totals[name] += time.perf_counter() - t
+            if args.stages:
+                stages(d, k, auto, stage_totals)
         for name in runs:
             per[name].append(totals[name])
+        for name in STAGES:
+            per_stage[name].append(stage_totals[name])
         found = outs
     t_ref, t_auto, t_up1, t_box = (statistics.median(per[k]) for k in ("ref", "auto", "up1", "box"))
     b_auto, b_up1, b_box = found["auto"], found["up1"], found["box"]
@@ -200,6 +256,16 @@ def main() -> None:
         rate = n / t
         recs = f"{rec[0]}/{rec[1]} ({rec[2]} found in all); {rec[3]}/{rec[4]}" if rec else "-"
         print(f"{name:42s} {rate:8.1f} {rate / cores:11.1f} {rate / cores / ref_rate:10.2f}  {recs}")
+    if args.stages:
+        ref_ms = 1e3 * t_ref / n
+        print(f"\nwhere an image's time goes (default pipeline, ms per image; reference {ref_ms:.1f} ms: "
+              f"a 4x speed-up leaves {ref_ms / 4:.1f} ms, 5x {ref_ms / 5:.1f} ms)")
+        total = 0.0
+        for name in STAGES:
+            ms = 1e3 * statistics.median(per_stage[name]) / n
+            total += ms
+            print(f"  {name:16s} {ms:6.2f}  ({total:6.2f} so far)")
+        print(f"  {'process() whole':16s} {1e3 * t_auto / n:6.2f}")
 
 
 if __name__ == "__main__":
