@@ -64,8 +64,11 @@ def _int_in(lo: int, hi: int | None = None):
 
 
 #: ``--workers auto`` starts at most one worker per this many inputs: a worker spends ~1 s
-#: loading dlib's models, the time of ~25-50 images
+#: loading dlib's models, the time of ~25-50 images ...
 AUTO_IMAGES_PER_WORKER = 32
+#: ... and at most one per this much free memory: a worker holds ~190 MB on LFW-size images
+#: (models, art caches), more on large photos
+AUTO_WORKER_BYTES = 512 * 2 ** 20
 
 
 def _workers(text: str) -> str | int:
@@ -74,11 +77,6 @@ def _workers(text: str) -> str | int:
 
 
 _workers.__name__ = "workers"
-
-
-#: ... and at most one per this much free memory: a worker holds ~190 MB on LFW-size images
-#: (models, art caches), more on large photos
-AUTO_WORKER_BYTES = 512 * 2 ** 20
 
 
 def auto_workers(n_inputs: int) -> int:
